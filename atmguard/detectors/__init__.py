@@ -1,0 +1,1 @@
+"""Behaviour detectors: MediaPipe on ATM camera frames -> behaviour facts."""

@@ -1,0 +1,1 @@
+"""Notifier: interventions -> SMS, radio calls and webhooks, with acknowledgement and escalation."""

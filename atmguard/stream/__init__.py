@@ -1,0 +1,1 @@
+"""The stream around the engine: broker, topics, publishing, the embedded stack (`atmguard up`)."""
