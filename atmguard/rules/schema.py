@@ -8,9 +8,9 @@ every problem of a file can be reported at once with its position by the loader.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from atmguard.contracts import BANK_EVENT_TYPES, BEHAVIORS, EVENT_NAMES, Actions, BankEvent, BehaviorFact
 
@@ -19,6 +19,8 @@ OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_i
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MESSAGE_NAMES: tuple[str, ...] = ("rule", "version", "severity", "mode", "key", "atm_id", "ts")
+"""Names a message may use besides the patterns' names; no alias may take them."""
 REFERENCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -69,11 +71,25 @@ class Pattern(_Strict):
         return self.alias or self.event
 
 
+def _member_kind(value: Any) -> str:
+    """A member with `event:` is a pattern; anything else is a nested group (clean errors, no union noise)."""
+    if isinstance(value, dict):
+        return "pattern" if "event" in value else "group"
+    return "pattern" if isinstance(value, Pattern) else "group"
+
+
+Member = Annotated[
+    Union[Annotated[Pattern, Tag("pattern")], Annotated["Group", Tag("group")]],  # noqa: UP007
+    Discriminator(_member_kind),
+]
+"""One item under `all:` / `any:`: a pattern, or a nested group."""
+
+
 class Group(_Strict):
     """Patterns combined: `all` must all match, `any` needs one; groups nest."""
 
-    all: list[Union[Pattern, Group]] | None = None  # noqa: UP007
-    any: list[Union[Pattern, Group]] | None = None  # noqa: UP007
+    all: list[Member] | None = None
+    any: list[Member] | None = None
     none: list[Pattern] | None = Field(
         default=None, description="Events that must NOT occur within the window for the rule to fire."
     )
@@ -140,6 +156,8 @@ When.model_rebuild()
 
 __all__ = [
     "BEHAVIORS",
+    "MESSAGE_NAMES",
+    "Member",
     "EVENT_NAMES",
     "OPERATORS",
     "Group",

@@ -1,0 +1,936 @@
+"""RuleEngine: the only module that imports durable_rules, and the wall around its quirks.
+
+What the rest of atmguard sees is `feed/peek/swap/export_state/restore_state/keys/sweep/close`.
+What this module does so that nobody else has to know (see ../shared/NOTES.md):
+
+- Drives durable's C engine (`durable_rules_engine`) directly from the calling thread: no `Host`,
+  so no background timer threads and no wall-clock anything. Firings are drained right after each
+  assert with `start_action_for_state` / `complete_and_start_action`.
+- Events are asserted as facts (see compiler.py), never consumed; each rule sees every event, and
+  an event takes part in later firings too (cooldown decides what reaches people).
+- Keys (ATMs) are sharded over `shards` sids (durable allows 1024 live sids per ruleset and its
+  `delete_state` crashes, so sids are never deleted); the compiled rules join on the key.
+- durable identifies a message by a 32-bit FNV-1a hash of its `id` per sid, and event ids like
+  `trx-122789` / `trx-339192` collide; every event gets an internal id whose hash is checked
+  against the live hashes of its sid, so no event is rejected or retracted by mistake.
+- Nothing expires in durable: `sweep(now)` retracts events older than the longest window (event
+  time); `feed` also sweeps by itself every `auto_sweep_every` events, keeping two windows.
+- Cooldown, duplicate ids, supersede (same ATM, camera, track, behaviour), disabled rules,
+  priorities and the explanation of each firing are handled here in Python.
+- Only events some enabled rule tests are kept (for the longest window); a reload that adds a rule
+  about another event starts from the next such event. `none:` (absence) is checked when a match
+  completes, against the events seen so far; an event that arrives later does not undo a firing.
+- durable cannot free a ruleset (`delete_ruleset` leaks its sessions): a reload that changes only
+  messages, severities, actions, cooldowns or versions keeps the durable ruleset untouched; one that
+  changes conditions moves the Python-side state over and re-asserts it in bulk, and the emptied
+  old ruleset is kept for reuse when the same definition comes back (e.g. a rollback).
+
+Not thread-safe: call a RuleEngine from one thread at a time (the Faust engine calls it from its
+event loop; the gateway should hold a lock or own its engine).
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import json
+import logging
+import math
+import string
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from typing import Any, Protocol
+
+import durable_rules_engine as _dre
+from pydantic import AwareDatetime, BaseModel, Field
+
+from atmguard.contracts import (
+    Actions,
+    BankEvent,
+    BehaviorFact,
+    Intervention,
+    MatchedEvent,
+    intervention_id,
+    parse_event,
+)
+from atmguard.errors import RuleError
+from atmguard.rules.compiler import Branch, CompiledGroup, CompiledRule, compile_rules, durable_field
+from atmguard.rules.schema import Rule
+
+log = logging.getLogger(__name__)
+
+Event = BehaviorFact | BankEvent
+DEFAULT_KEY_FIELD = "atm_id"
+
+@dataclass
+class _Pooled:
+    """A durable ruleset not in use: durable cannot free it, so it waits to be reused."""
+
+    handle: int
+    owner: int  # token of the _State whose facts it still holds (0: none)
+    held: dict[str, str]  # internal id -> sid of the facts still asserted in it
+
+
+_FREE: dict[str, list[_Pooled]] = {}
+"""Durable rulesets not in use, by definition, shared by every engine of the process."""
+_SERIAL = [0]
+_TOKENS = itertools.count(1)
+
+_FNV_OFFSET = 0x811C9DC5
+_FNV_PRIME = 0x01000193
+_OBSERVED = 2
+
+
+def fnv1a32(text: str) -> int:
+    """durable's message hash (`fnv1Hash32` in state.c: FNV-1a over C `char`, which is signed)."""
+    h = _FNV_OFFSET
+    for byte in text.encode("utf-8"):
+        h ^= byte if byte < 0x80 else (byte - 0x100) & 0xFFFFFFFF
+        h = (h * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+class RuleSetLike(Protocol):
+    """What RuleEngine needs of a loaded rule set (atmguard.rules.RuleSet fits)."""
+
+    @property
+    def rules(self) -> Sequence[Rule]: ...
+
+    @property
+    def digest(self) -> str: ...
+
+
+class KeyState(BaseModel):
+    """Everything the engine remembers about one key: JSON-able, for a Faust changelog table."""
+
+    key: str
+    events: list[dict[str, Any]] = Field(default_factory=list, description="Live events, oldest first.")
+    seen: dict[str, AwareDatetime] = Field(default_factory=dict, description="Recent event ids (duplicates are ignored).")
+    cooldowns: dict[str, AwareDatetime] = Field(default_factory=dict, description="Rule -> time of its last intervention.")
+
+
+# --------------------------------------------------------------------------- event -> durable message
+
+
+def _event_name(event: Event) -> str:
+    return event.behavior if isinstance(event, BehaviorFact) else event.type
+
+
+def _field_value(event: Event, name: str) -> Any:
+    # pydantic keeps field values in __dict__ and extras in __pydantic_extra__; getattr on a missing
+    # name goes through pydantic's slow __getattr__, which costs more than the durable call itself
+    value = event.__dict__.get(name)
+    if value is None:
+        extra = event.__pydantic_extra__
+        if extra:
+            value = extra.get(name)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A field value as durable compares it: numbers, text, booleans; times as epoch seconds."""
+    kind = type(value)
+    if kind is float or kind is int or kind is str or kind is bool:
+        return value
+    if kind is Decimal:
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, list | dict):
+        return value
+    return str(value)
+
+
+def _json_text(value: Any) -> str:
+    """JSON text of one field value (hand-rolled: the generic encoder is the slowest part of feed)."""
+    kind = type(value)
+    if kind is float:
+        return repr(value) if math.isfinite(value) else "null"
+    if kind is str:
+        return str(_json_str(value))
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return str(value)
+    if kind is Decimal:
+        f = float(value)
+        return repr(f) if math.isfinite(f) else "null"
+    if kind is datetime:
+        return repr(value.timestamp())
+    return json.dumps(_json_value(value))
+
+
+def _slot_of(event: Event) -> tuple[Any, ...] | None:
+    """Updates of one behaviour (same ATM, camera, track, behaviour) supersede each other."""
+    if isinstance(event, BehaviorFact):
+        return (event.atm_id, event.camera_id, event.track_id, event.behavior)
+    return None
+
+
+# --------------------------------------------------------------------------- internal state
+
+
+class _Live:
+    __slots__ = ("event", "ext_id", "iid", "t", "key", "shard", "slot", "name", "msg", "mkey", "hash", "_dump")
+
+    def __init__(self, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str):
+        self.event = event
+        self.ext_id = event.id
+        self.t = t
+        self.key = key
+        self.slot = slot
+        self.name = name
+        self.iid = ""
+        self.shard = -1  # -1: not in durable (no rule tests this event)
+        self.msg = ""
+        self.mkey = ""  # which field projection `msg` was built with
+        self.hash = 0
+        self._dump: dict[str, Any] | None = None
+
+    def dump(self) -> dict[str, Any]:
+        """The event as JSON data, computed once (evidence is often shared by several firings)."""
+        if self._dump is None:
+            self._dump = self.event.model_dump(mode="json", exclude_none=True)
+        return dict(self._dump)
+
+
+@dataclass(slots=True)
+class _Key:
+    live: dict[str, _Live] = field(default_factory=dict)  # iid -> live event
+    slots: dict[tuple[Any, ...], str] = field(default_factory=dict)  # behaviour slot -> iid
+    seen: dict[str, float] = field(default_factory=dict)  # external id -> ts
+    cooldown: dict[str, float] = field(default_factory=dict)  # rule -> ts of last intervention
+
+    def empty(self) -> bool:
+        return not (self.live or self.seen or self.cooldown)
+
+
+@dataclass
+class _Shard:
+    sid: str
+    hashes: set[int]
+
+
+@dataclass
+class _State:
+    """Python-side state of one correlation field; it outlives durable rulesets across reloads."""
+
+    shards: list[_Shard]
+    keys: dict[str, _Key] = field(default_factory=dict)
+    by_iid: dict[str, _Live] = field(default_factory=dict)
+    heap: list[tuple[float, int, str, str]] = field(default_factory=list)  # (ts, seq, key, iid or "")
+    counter: int = 0
+    shard_of: dict[str, int] = field(default_factory=dict)  # key -> shard index (crc32 once per key)
+    token: int = field(default_factory=lambda: next(_TOKENS))
+
+
+@dataclass
+class _Group:
+    """One durable ruleset (all rules of one `by` field) and the state it runs on."""
+
+    compiled: CompiledGroup
+    handle: int
+    definition: str
+    state: _State
+    fields: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # event -> (field, json prefix)
+    fields_key: str = ""
+
+    def __post_init__(self) -> None:
+        self.fields = {
+            event: tuple(sorted((f, ',"' + durable_field(f) + '":') for f in names))
+            for event, names in self.compiled.fields_by_event.items()
+        }
+        self.fields_key = repr(sorted(self.fields.items()))
+
+
+class _View:
+    """Attribute access to an event for message formatting (`{on_phone.duration_s:.0f}`)."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: Event):
+        self._event = event
+
+    def __getattr__(self, name: str) -> Any:
+        event = self._event
+        if name in type(event).model_fields or (event.__pydantic_extra__ and name in event.__pydantic_extra__):
+            return _field_value(event, name)
+        raise AttributeError(name)
+
+    def __format__(self, spec: str) -> str:
+        return format(self._event.id, spec)
+
+
+class _Missing:
+    def __format__(self, spec: str) -> str:
+        return "?"
+
+
+class _LenientFormatter(string.Formatter):
+    """str.format that renders `?` for a name the match does not have (another `any:` case)."""
+
+    def get_field(self, field_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        try:
+            return super().get_field(field_name, args, kwargs)
+        except (KeyError, AttributeError, IndexError, TypeError):
+            return _Missing(), field_name
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        try:
+            return super().format_field(value, format_spec)
+        except (ValueError, TypeError):
+            return str(value)
+
+
+_FORMATTER = _LenientFormatter()
+
+
+@dataclass
+class _Candidate:
+    crule: CompiledRule
+    branch: Branch
+    evidence: list[_Live]
+    key: str
+
+    def rank(self) -> tuple[float, tuple[str, ...]]:
+        """Freshest combination first; ties broken by evidence ids (deterministic replays)."""
+        return (-min(x.t for x in self.evidence), tuple(x.ext_id for x in self.evidence))
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class RuleEngine:
+    """Compiled rules over durable_rules, fed one event at a time in event time."""
+
+    def __init__(self, ruleset: RuleSetLike, *, shards: int = 128, auto_sweep_every: int = 20_000):
+        if not 1 <= shards <= 1000:
+            raise ValueError("shards must be between 1 and 1000 (durable allows 1024 sessions per ruleset)")
+        self._n_shards = shards
+        self._auto_sweep_every = auto_sweep_every
+        self._fed = 0
+        self._max_t = float("-inf")
+        self._seq = 0
+        self._closed = False
+        self.digest = ruleset.digest
+        self._compiled = compile_rules(list(ruleset.rules))
+        self._groups: dict[str, _Group] = {}
+        try:
+            for by, cgroup in self._compiled.groups.items():
+                state = self._new_state()
+                handle, definition, _held = self._acquire(cgroup, state)
+                self._groups[by] = _Group(cgroup, handle, definition, state)
+        except RuleError:
+            for group in self._groups.values():
+                self._release(group.handle, group.definition, 0, {})
+            raise
+
+    # ------------------------------------------------------------------ durable rulesets
+
+    def _acquire(self, cgroup: CompiledGroup, state: _State) -> tuple[int, str, dict[str, str]]:
+        """A durable ruleset for this definition, and the facts of `state` it still holds (reuse)."""
+        definition = cgroup.definition_json
+        free = _FREE.get(definition)
+        if free:
+            pick = next((p for p in free if p.owner == state.token), free[-1])
+            free.remove(pick)
+            if pick.owner != state.token and pick.held:
+                self._retract_ids(pick.handle, pick.held)  # another state's facts: empty it first
+                pick.held = {}
+            return pick.handle, definition, pick.held
+        _SERIAL[0] += 1
+        try:
+            handle = _dre.create_ruleset(f"atmguard-{_SERIAL[0]}", definition)
+        except Exception as exc:  # durable: "Could not create ruleset, error code: N"
+            raise RuleError(f"rules correlated by {cgroup.by!r} cannot be compiled by durable_rules: {exc}") from None
+        return handle, definition, {}
+
+    @staticmethod
+    def _release(handle: int, definition: str, owner: int, held: dict[str, str]) -> None:
+        _FREE.setdefault(definition, []).append(_Pooled(handle, owner, held))
+
+    def _retract_ids(self, handle: int, held: Mapping[str, str]) -> None:
+        by_sid: dict[str, list[str]] = {}
+        for iid, sid in held.items():
+            by_sid.setdefault(sid, []).append(iid)
+        for sid, iids in by_sid.items():
+            text = "[" + ",".join(f'{{"sid":"{sid}","id":"{i}"}}' for i in iids) + "]"
+            res = _dre.retract_facts(handle, text)
+            self._drain(handle, res[1])  # firings a retraction re-enables are not new matches
+
+    def _new_state(self) -> _State:
+        # durable asserts its own state message with id "sid-<sid>" in every session
+        return _State(shards=[_Shard(str(i), {fnv1a32(f"sid-{i}")}) for i in range(self._n_shards)])
+
+    @staticmethod
+    def _drain(handle: int, state: int) -> list[str]:
+        """Every queued firing of one durable session, completed so the session stays unlocked."""
+        res = _dre.start_action_for_state(handle, state)
+        if not res:
+            return []
+        out = [res[1]]
+        while msg := _dre.complete_and_start_action(handle, state):
+            out.append(msg)
+        return out
+
+    @staticmethod
+    def _posted(state: _State) -> dict[str, str]:
+        """Internal id -> sid of every fact of this state asserted in its durable ruleset."""
+        shards = state.shards
+        return {live.iid: shards[live.shard].sid for live in state.by_iid.values() if live.shard >= 0}
+
+    # ------------------------------------------------------------------ live events
+
+    def _place(self, group: _Group, live: _Live) -> None:
+        """Give a live event an internal id (and a durable message when some rule tests it)."""
+        state = group.state
+        state.counter += 1
+        if live.name not in group.compiled.events:
+            live.iid, live.shard, live.msg = "n" + format(state.counter, "x"), -1, ""
+            return
+        shard_i = state.shard_of.get(live.key)
+        if shard_i is None:
+            shard_i = state.shard_of[live.key] = zlib.crc32(live.key.encode()) % self._n_shards
+        hashes = state.shards[shard_i].hashes
+        while True:
+            iid = format(state.counter, "x")
+            h = fnv1a32(iid)
+            if h not in hashes:
+                break
+            state.counter += 1  # this id's hash is taken in the session: durable would reject it
+        hashes.add(h)
+        live.iid, live.shard, live.hash = iid, shard_i, h
+        live.msg, live.mkey = self._message(group, live), group.fields_key
+
+    def _message(self, group: _Group, live: _Live) -> str:
+        iid = live.iid
+        parts = ['{"sid":"', group.state.shards[live.shard].sid, '","id":"', iid, '","_i":"', iid, '","_e":"', live.name,
+                 '","_k":', _json_str(live.key), ',"_t":', repr(live.t)]
+        ev = live.event
+        values = ev.__dict__
+        extra = ev.__pydantic_extra__
+        for fname, prefix in group.fields.get(live.name, ()):
+            value = values.get(fname)
+            if value is None and extra:
+                value = extra.get(fname)
+            if value is not None:
+                parts.append(prefix)
+                parts.append(_json_text(value))
+        parts.append("}")
+        return "".join(parts)
+
+    def _add(self, group: _Group, kstate: _Key, live: _Live) -> None:
+        state = group.state
+        state.by_iid[live.iid] = live
+        kstate.live[live.iid] = live
+        if live.slot is not None:
+            kstate.slots[live.slot] = live.iid
+        self._seq += 1
+        heapq.heappush(state.heap, (live.t, self._seq, live.key, live.iid))
+
+    def _unplace(self, group: _Group, live: _Live, *, retract: bool) -> None:
+        state = group.state
+        state.by_iid.pop(live.iid, None)
+        if live.shard < 0:
+            return
+        if retract:
+            sid = state.shards[live.shard].sid
+            res = _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')
+            self._drain(group.handle, res[1])
+        state.shards[live.shard].hashes.discard(live.hash)
+
+    def _remove(self, group: _Group, kstate: _Key, live: _Live) -> None:
+        kstate.live.pop(live.iid, None)
+        if live.slot is not None and kstate.slots.get(live.slot) == live.iid:
+            del kstate.slots[live.slot]
+        self._unplace(group, live, retract=True)
+
+    # ------------------------------------------------------------------ feed / peek
+
+    @property
+    def horizon_s(self) -> float:
+        """How long (event time) events are kept: the longest `within` of the enabled rules."""
+        return self._compiled.horizon
+
+    def feed(self, event: Event) -> list[Intervention]:
+        """Add one event; the interventions it completes (a duplicate id gives nothing)."""
+        if self._closed:
+            raise RuntimeError("this RuleEngine is closed")
+        out = self._process(event, commit=True)
+        self._fed += 1
+        if self._auto_sweep_every and self._fed % self._auto_sweep_every == 0:
+            self._sweep_before(self._max_t - 2 * self._compiled.horizon, self._max_t)
+        return out
+
+    def peek(self, event: Event) -> list[Intervention]:
+        """What feeding this event would fire now, leaving every state unchanged (hold advice)."""
+        self._check_open()
+        return self._process(event, commit=False)
+
+    def _process(self, event: Event, *, commit: bool) -> list[Intervention]:
+        t = event.ts.timestamp()
+        if commit and t > self._max_t:
+            self._max_t = t
+        name = event.behavior if event.type == "behavior" else event.type  # type: ignore[union-attr]
+        candidates: list[_Candidate] = []
+        for group in self._groups.values():
+            raw = event.__dict__.get(group.compiled.by)
+            if raw is None and event.__pydantic_extra__:
+                raw = event.__pydantic_extra__.get(group.compiled.by)
+            if raw is None:
+                continue  # this rule set correlates by a field the event does not carry
+            found = self._process_group(group, event, name, str(raw), t, commit)
+            if found:
+                candidates.extend(found)
+        if not candidates:
+            return []
+        return self._interventions(event, t, candidates, commit)
+
+    def _process_group(
+        self, group: _Group, event: Event, name: str, key: str, t: float, commit: bool
+    ) -> list[_Candidate]:
+        if name not in group.compiled.events:
+            return []  # no rule tests this event: nothing to keep (a reload adding one starts afresh)
+        state = group.state
+        kstate = state.keys.get(key)
+        if kstate is not None and event.id in kstate.seen:
+            return []  # duplicate id: already taken into account
+        slot = _slot_of(event)
+        old: _Live | None = None
+        if kstate is not None and slot is not None:
+            old_iid = kstate.slots.get(slot)
+            if old_iid is not None:
+                old = kstate.live[old_iid]
+                if old.t > t:
+                    # an older update arriving late: the newer one already stands for the behaviour
+                    if commit:
+                        kstate.seen[event.id] = t
+                        self._seq += 1
+                        heapq.heappush(state.heap, (t, self._seq, key, ""))
+                    return []
+        if not commit:
+            live = _Live(event, t, key, slot, name)
+            self._place(group, live)
+            state.by_iid[live.iid] = live
+            try:
+                fired = self._assert(group, live)
+                return self._candidates(group, fired, live.iid, key)
+            finally:
+                self._unplace(group, live, retract=True)
+        if kstate is None:
+            kstate = state.keys[key] = _Key()
+        kstate.seen[event.id] = t
+        if old is not None:
+            self._remove(group, kstate, old)  # a newer update supersedes the older one
+        live = _Live(event, t, key, slot, name)
+        self._place(group, live)
+        self._add(group, kstate, live)
+        fired = self._assert(group, live)
+        return self._candidates(group, fired, live.iid, key) if fired else []
+
+    def _assert(self, group: _Group, live: _Live) -> list[str]:
+        try:
+            code, sstate = _dre.assert_fact(group.handle, live.msg)
+            if code == _OBSERVED:  # cannot happen with checked ids; never lose an event silently
+                raise RuntimeError(f"durable rejected internal id {live.iid} as already observed")
+            return self._drain(group.handle, sstate)
+        except Exception:
+            log.exception("durable_rules failed on event %s (key %s); it takes no part in matches", live.ext_id, live.key)
+            return []
+
+    def _candidates(self, group: _Group, fired: list[str], iid: str, key: str) -> list[_Candidate]:
+        out: list[_Candidate] = []
+        by_iid = group.state.by_iid
+        branches = group.compiled.branches
+        for text in fired:
+            for dname, frames in json.loads(text).items():
+                entry = branches.get(dname)
+                if entry is None:
+                    continue
+                crule, branch = entry
+                ids = [frames[f"p{i}"]["id"] for i in range(len(branch.patterns))]
+                if iid not in ids:
+                    continue  # re-enabled by a retraction, not completed by this event
+                lives = [by_iid[i] for i in ids if i in by_iid]
+                if len(lives) == len(ids):
+                    out.append(_Candidate(crule, branch, lives, key))
+        return out
+
+    def _interventions(self, event: Event, t: float, candidates: list[_Candidate], commit: bool) -> list[Intervention]:
+        best: dict[str, _Candidate] = {}
+        for cand in candidates:
+            name = cand.crule.rule.rule
+            cur = best.get(name)
+            if cur is None or cand.rank() < cur.rank():
+                best[name] = cand
+        out: list[tuple[int, str, Intervention]] = []
+        for name, cand in best.items():
+            group = self._groups[cand.crule.by]
+            kstate = group.state.keys.get(cand.key)
+            cooldown = cand.crule.cooldown
+            if kstate is not None and cooldown > 0:
+                last = kstate.cooldown.get(name)
+                if last is not None and abs(t - last) < cooldown:
+                    continue
+                if commit:
+                    kstate.cooldown[name] = t
+                    # wake the sweep when the mark can go (heap times compare with now - horizon)
+                    self._seq += 1
+                    heapq.heappush(group.state.heap, (t + cooldown - self._compiled.horizon, self._seq, cand.key, ""))
+            out.append((-cand.crule.rule.priority, name, self._intervention(event, cand)))
+        out.sort(key=lambda x: (x[0], x[1]))
+        return [iv for _, _, iv in out]
+
+    def _intervention(self, event: Event, cand: _Candidate) -> Intervention:
+        rule = cand.crule.rule
+        key = cand.key
+        evidence = [x.ext_id for x in cand.evidence]
+        atm_id = key
+        if cand.crule.by != DEFAULT_KEY_FIELD:
+            atm_id = next((str(a) for a in (_field_value(x.event, "atm_id") for x in cand.evidence) if a), key)
+        names: dict[str, Any] = {
+            "rule": rule.rule, "version": rule.version, "severity": rule.severity, "mode": rule.mode,
+            "key": key, "atm_id": atm_id, "ts": event.ts,
+        }
+        for pattern, live in zip(cand.branch.patterns, cand.evidence, strict=True):
+            names[pattern.name] = _View(live.event)
+        try:
+            message = rule.message.format_map(names)
+        except (KeyError, AttributeError, IndexError, TypeError, ValueError):
+            try:  # a name this match lacks (another `any:` case) renders as `?`
+                message = _FORMATTER.vformat(rule.message, (), names)
+            except (ValueError, IndexError):
+                message = rule.message
+        acts = rule.actions
+        return Intervention(
+            id=intervention_id(rule.rule, rule.version, key, evidence),
+            rule=rule.rule,
+            rule_version=rule.version,
+            severity=rule.severity,
+            mode=rule.mode,
+            atm_id=atm_id,
+            ts=event.ts,
+            evidence=evidence,
+            actions=Actions(sms=list(acts.sms), radio=list(acts.radio), webhook=list(acts.webhook), hold=acts.hold),
+            message=message,
+            key=key,
+            matched=[
+                MatchedEvent(pattern=p.name, event_id=x.ext_id, event=x.dump())
+                for p, x in zip(cand.branch.patterns, cand.evidence, strict=True)
+            ],
+        )
+
+    # ------------------------------------------------------------------ sweeping
+
+    def sweep(self, now: datetime) -> int:
+        """Drop events older than the longest window before `now` (event time); returns how many."""
+        self._check_open()
+        return self._sweep_before(now.timestamp() - self._compiled.horizon, now.timestamp())
+
+    def _sweep_before(self, horizon: float, now: float) -> int:
+        dropped = 0
+        longest_cooldown = self._compiled.max_cooldown
+        for group in self._groups.values():
+            state = group.state
+            heap = state.heap
+            retract: dict[str, str] = {}
+            touched: set[str] = set()
+            while heap and heap[0][0] < horizon:
+                _t, _seq, key, iid = heapq.heappop(heap)
+                kstate = state.keys.get(key)
+                if kstate is None:
+                    continue
+                touched.add(key)
+                live = kstate.live.pop(iid, None) if iid else None
+                if live is None:
+                    continue
+                dropped += 1
+                if live.slot is not None and kstate.slots.get(live.slot) == iid:
+                    del kstate.slots[live.slot]
+                state.by_iid.pop(iid, None)
+                if live.shard >= 0:
+                    state.shards[live.shard].hashes.discard(live.hash)
+                    retract[iid] = state.shards[live.shard].sid
+            if retract:
+                self._retract_ids(group.handle, retract)
+            for key in touched:
+                kstate = state.keys[key]
+                kstate.seen = {i: ts for i, ts in kstate.seen.items() if ts >= horizon}
+                if kstate.cooldown:
+                    kstate.cooldown = {r: ts for r, ts in kstate.cooldown.items() if now - ts < longest_cooldown}
+                if kstate.empty():
+                    del state.keys[key]
+                    state.shard_of.pop(key, None)
+        return dropped
+
+    # ------------------------------------------------------------------ keys and state
+
+    def _split_key(self, key: str) -> tuple[_Group | None, str]:
+        for by, group in self._groups.items():
+            if by != DEFAULT_KEY_FIELD and key.startswith(by + "="):
+                return group, key[len(by) + 1 :]
+        return self._groups.get(DEFAULT_KEY_FIELD), key
+
+    def keys(self) -> list[str]:
+        """Keys with state; keys of rules correlated by another field than atm_id read `field=value`."""
+        out: list[str] = []
+        for by, group in self._groups.items():
+            prefix = "" if by == DEFAULT_KEY_FIELD else by + "="
+            out.extend(prefix + k for k in group.state.keys)
+        return sorted(out)
+
+    def export_state(self, key: str) -> KeyState:
+        """Recent events, seen ids and cooldown marks of one key, as JSON-able data."""
+        self._check_open()
+        group, value = self._split_key(key)
+        kstate = group.state.keys.get(value) if group else None
+        if kstate is None:
+            return KeyState(key=key)
+        lives = sorted(kstate.live.values(), key=lambda x: (x.t, x.ext_id))
+
+        def dt(ts: float) -> datetime:
+            return datetime.fromtimestamp(ts, tz=UTC)
+
+        return KeyState(
+            key=key,
+            events=[x.event.model_dump(mode="json", exclude_none=True) for x in lives],
+            seen={i: dt(ts) for i, ts in kstate.seen.items()},
+            cooldowns={r: dt(ts) for r, ts in kstate.cooldown.items()},
+        )
+
+    def restore_state(self, key: str, state: KeyState) -> None:
+        """Replace one key's state with an exported one (after a rebalance), firing nothing."""
+        self._check_open()
+        group, value = self._split_key(key)
+        if group is None:
+            return
+        old = group.state.keys.pop(value, None)
+        if old is not None:
+            for live in list(old.live.values()):
+                self._remove(group, old, live)
+        kstate = group.state.keys[value] = _Key()
+        events = sorted((parse_event(e) for e in state.events), key=lambda e: (e.ts, e.id))
+        self._post_bulk(group, {value: events})
+        for ext_id, ts in state.seen.items():
+            kstate.seen[ext_id] = ts.timestamp()
+            self._seq += 1
+            heapq.heappush(group.state.heap, (ts.timestamp(), self._seq, value, ""))
+        for rule_name, ts in state.cooldowns.items():
+            kstate.cooldown[rule_name] = ts.timestamp()
+            self._seq += 1
+            heapq.heappush(group.state.heap, (ts.timestamp() + self._compiled.max_cooldown - self._compiled.horizon,
+                                              self._seq, value, ""))
+        if kstate.empty():
+            del group.state.keys[value]
+
+    def _post_bulk(self, group: _Group, events_by_key: Mapping[str, Iterable[Event]]) -> None:
+        """Add events (each key's in event-time order) without collecting firings: restore, reload."""
+        state = group.state
+        new: dict[str, _Live] = {}
+        for key, events in events_by_key.items():
+            kstate = state.keys.setdefault(key, _Key())
+            for event in events:
+                if event.id in kstate.seen or _event_name(event) not in group.compiled.events:
+                    continue
+                t = event.ts.timestamp()
+                kstate.seen[event.id] = t
+                slot = _slot_of(event)
+                old_iid = kstate.slots.get(slot) if slot is not None else None
+                if old_iid is not None:
+                    old = kstate.live[old_iid]
+                    if old.t > t:
+                        continue
+                    if old_iid in new:
+                        self._drop_new(group, kstate, new.pop(old_iid))
+                    else:
+                        self._remove(group, kstate, old)
+                live = _Live(event, t, key, slot, _event_name(event))
+                self._place(group, live)
+                self._add(group, kstate, live)
+                new[live.iid] = live
+        self._assert_all(group, [x for x in new.values() if x.shard >= 0])
+
+    def _drop_new(self, group: _Group, kstate: _Key, live: _Live) -> None:
+        """Forget a live event placed in this bulk but not yet asserted."""
+        kstate.live.pop(live.iid, None)
+        self._unplace(group, live, retract=False)
+
+    def _assert_all(self, group: _Group, lives: Iterable[_Live]) -> None:
+        batches: dict[int, list[str]] = {}
+        for live in lives:
+            batches.setdefault(live.shard, []).append(live.msg)
+        for texts in batches.values():
+            res = _dre.assert_facts(group.handle, "[" + ",".join(texts) + "]")
+            self._drain(group.handle, res[1])
+
+    # ------------------------------------------------------------------ reload
+
+    def swap(self, new_ruleset: RuleSetLike) -> None:
+        """Hot reload: compile the new rules and carry every key's state over, atomically.
+
+        On a compile error (RuleError) nothing changes. Rule sets whose durable definition did not
+        change keep their durable ruleset and state as they are. The others move their state to a
+        durable ruleset for the new definition: a new one gets every live event in bulk; one reused
+        from an earlier reload (e.g. a rollback) only gets what changed since it was left.
+        """
+        self._check_open()
+        compiled = compile_rules(list(new_ruleset.rules))
+        acquired: dict[str, tuple[int, str, dict[str, str], _State]] = {}
+        try:
+            for by, cgroup in compiled.groups.items():
+                old = self._groups.get(by)
+                if old is None or old.definition != cgroup.definition_json:
+                    state = old.state if old is not None else self._new_state()
+                    acquired[by] = (*self._acquire(cgroup, state), state)
+        except RuleError:
+            for handle, definition, held, state in acquired.values():
+                self._release(handle, definition, state.token, held)
+            raise
+        # Nothing below depends on the new rules being valid: build, switch, then retire.
+        groups: dict[str, _Group] = {}
+        retire: list[tuple[int, str, int, dict[str, str]]] = []
+        old_events: dict[str, Event] | None = None
+        for by, cgroup in compiled.groups.items():
+            old = self._groups.get(by)
+            if by not in acquired:
+                assert old is not None
+                groups[by] = _Group(cgroup, old.handle, old.definition, old.state)
+                continue
+            handle, definition, held, state = acquired[by]
+            group = groups[by] = _Group(cgroup, handle, definition, state)
+            if old is not None:
+                retire.append((old.handle, old.definition, state.token, self._posted(state)))
+                self._repost(group, held)
+                continue
+            if old_events is None:
+                old_events = {}
+                for g in self._groups.values():
+                    for live in g.state.by_iid.values():
+                        old_events.setdefault(live.ext_id, live.event)
+            per_key: dict[str, list[Event]] = {}
+            for ev in old_events.values():
+                raw = _field_value(ev, by)
+                if raw is not None:
+                    per_key.setdefault(str(raw), []).append(ev)
+            for evs in per_key.values():
+                evs.sort(key=lambda e: (e.ts, e.id))
+            self._post_bulk(group, per_key)
+        for by, old in self._groups.items():
+            if by not in compiled.groups:
+                retire.append((old.handle, old.definition, old.state.token, self._posted(old.state)))
+        self._groups = groups
+        self._compiled = compiled
+        self.digest = new_ruleset.digest
+        for handle, definition, owner, held in retire:
+            # kept as it is: reusing it for the same state later only needs the difference
+            self._release(handle, definition, owner, held)
+
+    def _repost(self, group: _Group, held: dict[str, str]) -> None:
+        """Bring a durable ruleset up to date with a moved state (only the difference if reused)."""
+        state = group.state
+        by_iid = state.by_iid
+        for live in list(by_iid.values()):
+            if live.shard < 0 and live.name in group.compiled.events:
+                kstate = state.keys[live.key]
+                kstate.live.pop(live.iid, None)
+                by_iid.pop(live.iid, None)
+                self._place(group, live)
+                self._add(group, kstate, live)
+        stale = {iid: sid for iid, sid in held.items() if iid not in by_iid}
+        if stale:
+            self._retract_ids(group.handle, stale)  # before asserting: a new id may share a stale one's hash
+        fresh = [x for x in by_iid.values() if x.shard >= 0 and x.iid not in held]
+        for live in fresh:
+            if live.mkey != group.fields_key:
+                live.msg, live.mkey = self._message(group, live), group.fields_key
+        self._assert_all(group, fresh)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stats(self) -> dict[str, int]:
+        """Counts for metrics and benchmarks: keys, live events, emptied durable rulesets kept."""
+        return {
+            "keys": sum(len(g.state.keys) for g in self._groups.values()),
+            "live_events": sum(len(g.state.by_iid) for g in self._groups.values()),
+            "durable_rulesets_free": sum(len(v) for v in _FREE.values()),
+        }
+
+    def close(self) -> None:
+        """Empty this engine's durable rulesets and keep them for reuse (durable cannot free them)."""
+        if self._closed:
+            return
+        for group in self._groups.values():
+            self._retract_ids(group.handle, self._posted(group.state))
+            self._release(group.handle, group.definition, 0, {})
+        self._groups = {}
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this RuleEngine is closed")
+
+    def __enter__(self) -> RuleEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- benchmark baselines
+# (here because this is the only module allowed to import durable)
+
+
+def baseline_durable_host(
+    definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]
+) -> tuple[float, float, int]:
+    """Benchmark baseline: durable's own Host API, same rulesets, no-op actions (wall s, CPU s, firings)."""
+    import contextlib
+    import copy
+
+    from durable import engine as dengine
+
+    class _Host(dengine.Host):  # type: ignore[misc]
+        def _run(self) -> None:  # no background timer threads; we post from this thread
+            return None
+
+    fired = [0]
+
+    def action(c: Any) -> None:
+        fired[0] += 1
+
+    host = _Host()
+    names = {}
+    for by, definition in definitions.items():
+        d = copy.deepcopy(definition)
+        for r in d.values():
+            r["run"] = action
+        names[by] = f"baseline-{by}-{time.monotonic_ns()}"
+        host.set_rulesets({names[by]: d})
+    gc.collect()
+    t, c = time.perf_counter(), time.process_time()
+    for by, m in msgs:
+        with contextlib.suppress(dengine.MessageNotHandledException):
+            host.assert_fact(names[by], m)
+    return time.perf_counter() - t, time.process_time() - c, fired[0]
+
+
+def baseline_durable_c(definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]) -> tuple[float, float]:
+    """Benchmark floor: bare C-level assert_fact + action drain of pre-encoded messages (wall s, CPU s)."""
+    handles = {by: _dre.create_ruleset(f"cfloor-{by}-{time.monotonic_ns()}", json.dumps(d)) for by, d in definitions.items()}
+    texts = [(handles[by], json.dumps(m)) for by, m in msgs]
+    t, c = time.perf_counter(), time.process_time()
+    for h, text in texts:
+        _code, state = _dre.assert_fact(h, text)
+        if _dre.start_action_for_state(h, state):
+            while _dre.complete_and_start_action(h, state):
+                pass
+    return time.perf_counter() - t, time.process_time() - c
+
+
+__all__ = ["KeyState", "RuleEngine", "baseline_durable_c", "baseline_durable_host", "fnv1a32"]
