@@ -1,0 +1,221 @@
+"""MediaPipe models (legacy `mp.solutions`, models inside the 0.10.21 wheel) -> landmarks in pixels.
+
+Only `Pose(model_complexity=1)` works offline (lite/heavy would be downloaded). Face mesh's
+short-range face detector misses faces narrower than about 11% of the frame, so when the face
+is small (or not found) it runs on a head crop cut around pose points 0..10. Hands run only
+when asked (a hand-at-ear candidate needs confirming, or pose found nobody but a face is there).
+Nothing here identifies anyone: landmarks are geometry, kept for one frame.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# pose landmark indices (BlazePose 33)
+NOSE, L_EYE_OUT, R_EYE_OUT, L_EAR, R_EAR, MOUTH_L, MOUTH_R = 0, 3, 6, 7, 8, 9, 10
+L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 11, 12, 13, 14, 15, 16
+L_PINKY, R_PINKY, L_INDEX, R_INDEX, L_THUMB, R_THUMB = 17, 18, 19, 20, 21, 22
+L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
+L_HEEL, R_HEEL, L_FOOT, R_FOOT = 29, 30, 31, 32
+
+# face mesh indices (468 + 10 iris with refinement)
+FM_NOSE_TIP, FM_CHEEK_A, FM_CHEEK_B = 1, 234, 454
+FM_CHIN, FM_FOREHEAD = 152, 10
+FM_EYE_A_OUT, FM_EYE_A_IN, FM_EYE_B_IN, FM_EYE_B_OUT = 33, 133, 362, 263
+FM_IRIS_A, FM_IRIS_B = 468, 473
+FM_MOUTH_A, FM_MOUTH_B = 61, 291
+
+
+@dataclass
+class Landmarks:
+    """One frame's landmarks in full-frame pixel coordinates; None where a model found nothing."""
+
+    width: int
+    height: int
+    pose: np.ndarray | None = None  # (33, 4): x, y, z (unused), visibility
+    face: np.ndarray | None = None  # (478, 2)
+    hands: list[np.ndarray] = field(default_factory=list)  # each (21, 2)
+    face_from_crop: bool = False
+    latency_ms: dict[str, float] = field(default_factory=dict)  # wall time per model
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time of the process (all threads) per model
+
+    @property
+    def model_ms(self) -> float:
+        """Time spent inside the models for this frame."""
+        return sum(self.latency_ms.values())
+
+    @property
+    def model_cpu_ms(self) -> float:
+        """CPU time the models used for this frame (robust to other load on the machine)."""
+        return sum(self.cpu_ms.values())
+
+
+class _Timer:
+    """Wall and process CPU time of one model call, recorded into a Landmarks."""
+
+    def __init__(self, lm: Landmarks, name: str) -> None:
+        self.lm, self.name = lm, name
+
+    def __enter__(self) -> None:
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lm.latency_ms[self.name] = (time.perf_counter() - self.t) * 1000
+        self.lm.cpu_ms[self.name] = (time.process_time() - self.c) * 1000
+
+
+def _to_rgb(image_bgr: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
+
+
+class LandmarkModels:
+    """Pose + face mesh (iris) + hands for one camera (tracking state is per stream).
+
+    `static=True` is for still photographs (every call detects afresh).
+    """
+
+    def __init__(self, *, static: bool = False, face_crop_below: float = 0.16, use_hands: bool = True,
+                 hands_complexity: int = 0) -> None:
+        import mediapipe as mp
+
+        self.static = static
+        self.face_crop_below = face_crop_below
+        self.use_hands = use_hands
+        self.hands_complexity = hands_complexity
+        sol: Any = mp.solutions
+        self._pose = sol.pose.Pose(
+            static_image_mode=static, model_complexity=1, smooth_landmarks=not static,
+            min_detection_confidence=0.5, min_tracking_confidence=0.5,
+        )
+        # two face meshes: one sees whole frames, one sees head crops (their tracking states differ)
+        self._face = sol.face_mesh.FaceMesh(
+            static_image_mode=static, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5,
+        )
+        self._face_crop = sol.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.4,
+        )
+        self._hands: Any = None
+        self._sol = sol
+
+    def close(self) -> None:
+        """Release the MediaPipe graphs."""
+        for m in (self._pose, self._face, self._face_crop, self._hands):
+            if m is not None:
+                m.close()
+
+    def __enter__(self) -> LandmarkModels:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- models -------------------------------------------------------------------------------
+    def pose(self, rgb: np.ndarray, lm: Landmarks) -> None:
+        with _Timer(lm, "pose"):
+            res = self._pose.process(rgb)
+        if res.pose_landmarks is None:
+            return
+        arr = np.array([(p.x, p.y, p.z, p.visibility) for p in res.pose_landmarks.landmark], dtype=np.float64)
+        arr[:, 0] *= lm.width
+        arr[:, 1] *= lm.height
+        lm.pose = arr
+
+    def face(self, rgb: np.ndarray, lm: Landmarks) -> None:
+        """Face mesh on the whole frame, or on a head crop from pose when the head is small."""
+        with _Timer(lm, "face"):
+            self._face_any(rgb, lm)
+
+    def _face_any(self, rgb: np.ndarray, lm: Landmarks) -> None:
+        box = self._head_box(lm)
+        small = box is not None and (box[2] - box[0]) < self.face_crop_below * lm.width * 2.5
+        if box is not None and small:
+            lm.face = self._face_on_crop(rgb, box, lm)
+            lm.face_from_crop = lm.face is not None
+        else:
+            res = self._face.process(rgb)
+            if res.multi_face_landmarks:
+                pts = res.multi_face_landmarks[0].landmark
+                lm.face = np.array([(p.x * lm.width, p.y * lm.height) for p in pts], dtype=np.float64)
+            elif box is not None:
+                lm.face = self._face_on_crop(rgb, box, lm)
+                lm.face_from_crop = lm.face is not None
+
+    def hands(self, rgb: np.ndarray, lm: Landmarks, box: tuple[int, int, int, int] | None = None) -> None:
+        """Hands model, on a crop around the head when `box` is given (hands at the ear are near it)."""
+        if self._hands is None:
+            self._hands = self._sol.hands.Hands(
+                static_image_mode=True, max_num_hands=2, model_complexity=self.hands_complexity,
+                min_detection_confidence=0.4,
+            )
+        x0, y0, x1, y1 = box if box is not None else (0, 0, lm.width, lm.height)
+        crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        found: list[np.ndarray] = []
+        if crop.size:
+            with _Timer(lm, "hands"):
+                res = self._hands.process(crop)
+            for hand in res.multi_hand_landmarks or []:
+                found.append(np.array(
+                    [(x0 + p.x * (x1 - x0), y0 + p.y * (y1 - y0)) for p in hand.landmark], dtype=np.float64
+                ))
+        lm.hands = found
+
+    def process(self, image_bgr: np.ndarray, *, face_if: Callable[[Landmarks], bool] | None = None) -> Landmarks:
+        """Pose, then face mesh (unless `face_if(landmarks)` says no); hands run through `hands()` when needed."""
+        h, w = image_bgr.shape[:2]
+        lm = Landmarks(width=w, height=h)
+        rgb = _to_rgb(image_bgr)
+        self._last_rgb = rgb
+        self.pose(rgb, lm)
+        if face_if is None or face_if(lm):
+            self.face(rgb, lm)
+        return lm
+
+    def last_rgb(self) -> np.ndarray:
+        """The RGB image of the last `process` call (hands reuse it)."""
+        return self._last_rgb
+
+    # -- crops -------------------------------------------------------------------------------
+    def _head_box(self, lm: Landmarks) -> tuple[int, int, int, int] | None:
+        if lm.pose is None:
+            return None
+        head = lm.pose[0:11]
+        vis = head[head[:, 3] > 0.3]
+        if len(vis) < 3:
+            return None
+        return expand_box(vis[:, 0].min(), vis[:, 1].min(), vis[:, 0].max(), vis[:, 1].max(), 2.5, lm)
+
+    def _face_on_crop(self, rgb: np.ndarray, box: tuple[int, int, int, int], lm: Landmarks) -> np.ndarray | None:
+        import cv2
+
+        x0, y0, x1, y1 = box
+        crop = rgb[y0:y1, x0:x1]
+        if crop.size == 0:
+            return None
+        # upscale small crops: the face model wants ~192 px faces
+        scale = max(1.0, 256.0 / max(1, x1 - x0))
+        if scale > 1.0:
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        res = self._face_crop.process(np.ascontiguousarray(crop))
+        if not res.multi_face_landmarks:
+            return None
+        pts = res.multi_face_landmarks[0].landmark
+        return np.array([(x0 + p.x * (x1 - x0), y0 + p.y * (y1 - y0)) for p in pts], dtype=np.float64)
+
+
+def expand_box(
+    x0: float, y0: float, x1: float, y1: float, factor: float, lm: Landmarks
+) -> tuple[int, int, int, int]:
+    """A square box around (x0,y0,x1,y1), `factor` times its larger side, clipped to the frame."""
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = max(x1 - x0, y1 - y0, 8.0) * factor
+    return (
+        int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
+        int(min(lm.width, cx + side / 2)), int(min(lm.height, cy + side / 2)),
+    )

@@ -1,0 +1,157 @@
+"""Publishing events to the stack's topics with broker-ack semantics.
+
+`publish()` returns only after the broker acknowledged the record, so a caller (the bank
+gateway answering 202, `atmguard publish`) can promise the event is durable in the broker.
+While the broker is unreachable it raises `BrokerUnavailable`; the next call tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from atmguard.contracts import BankEvent, BehaviorFact, Intervention
+from atmguard.errors import AtmGuardError
+from atmguard.stream.topics import ensure_topics, event_key
+
+if TYPE_CHECKING:
+    from atmguard.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(AtmGuardError):
+    """The broker did not acknowledge in time (down, restarting, unreachable); retry later."""
+
+    def __init__(self, message: str, *, retry_after: float = 2.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EventPublisher:
+    """Sends behaviour facts, bank events and interventions to their topics, keyed by atm_id."""
+
+    def __init__(self, bootstrap: str, settings: Settings, *, timeout: float = 5.0, linger_ms: int = 0) -> None:
+        self.bootstrap = bootstrap
+        self.settings = settings
+        self.timeout = timeout
+        self.linger_ms = linger_ms
+        self._producer: Any = None
+        self._topics_ok = False
+        self._lock = asyncio.Lock()
+
+    def topic_for(self, event: BehaviorFact | BankEvent | Intervention) -> str:
+        """facts -> topic_facts, bank events -> topic_bank, interventions -> topic_interventions."""
+        if isinstance(event, BehaviorFact):
+            return self.settings.topic_facts
+        if isinstance(event, Intervention):
+            return self.settings.topic_interventions
+        return self.settings.topic_bank
+
+    async def start(self, *, strict: bool = False) -> None:
+        """Connect now; when the broker is down, log it and connect on the next publish (or raise if strict)."""
+        try:
+            await self._connect()
+        except BrokerUnavailable:
+            if strict:
+                raise
+            log.warning("broker %s not reachable yet; will retry on publish", self.bootstrap)
+
+    async def stop(self) -> None:
+        """Flush and close the producer."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), self.timeout)
+            except Exception as exc:  # noqa: BLE001 - closing a dead connection must not raise
+                log.debug("producer stop: %r", exc)
+
+    async def _connect(self) -> Any:
+        async with self._lock:
+            if self._producer is not None and self._topics_ok:
+                return self._producer
+            from aiokafka import AIOKafkaProducer
+
+            try:
+                if self._producer is None:
+                    producer = AIOKafkaProducer(
+                        bootstrap_servers=self.bootstrap,
+                        acks=1,
+                        linger_ms=self.linger_ms,
+                        request_timeout_ms=int(self.timeout * 1000),
+                        enable_idempotence=False,  # Tansu has no InitProducerId
+                    )
+                    try:
+                        await asyncio.wait_for(producer.start(), self.timeout)
+                    except BaseException:
+                        await _quiet_stop(producer)
+                        raise
+                    self._producer = producer
+                if not self._topics_ok:
+                    await ensure_topics(self.bootstrap, self.settings, timeout=self.timeout)
+                    self._topics_ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, unknown: all mean unavailable
+                raise BrokerUnavailable(f"broker {self.bootstrap} unavailable: {exc!r}") from exc
+            return self._producer
+
+    async def publish(self, event: BehaviorFact | BankEvent | Intervention) -> None:
+        """Send one record and wait for the broker's ack; raise BrokerUnavailable if it does not come."""
+        key = event_key(event).encode()
+        value = event.to_json().encode()
+        topic = self.topic_for(event)
+        for attempt in (1, 2):
+            producer = await self._connect()
+            try:
+                await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self.timeout)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every broker failure means the same to callers
+                # After a broker restart (memory storage) topics are gone and the producer's metadata is
+                # stale: start over with a fresh producer and re-created topics (auto-creation would
+                # give them the wrong partition count), once, then tell the caller.
+                await self._reset()
+                if attempt == 2 or isinstance(exc, asyncio.TimeoutError):
+                    raise BrokerUnavailable(f"broker {self.bootstrap} did not acknowledge: {exc!r}") from exc
+
+    async def _reset(self) -> None:
+        self._topics_ok = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await _quiet_stop(producer)
+
+    async def publish_many(self, events: Iterable[BehaviorFact | BankEvent | Intervention]) -> int:
+        """Send several records pipelined (order kept per key), wait for all acks; return how many."""
+        producer = await self._connect()
+        futures = []
+        try:
+            for event in events:
+                futures.append(
+                    await producer.send(
+                        self.topic_for(event), event.to_json().encode(), key=event_key(event).encode()
+                    )
+                )
+            await asyncio.wait_for(asyncio.gather(*futures), self.timeout + 0.001 * len(futures))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await self._reset()
+            raise BrokerUnavailable(f"broker {self.bootstrap} did not acknowledge: {exc!r}") from exc
+        return len(futures)
+
+    async def __aenter__(self) -> EventPublisher:
+        await self.start(strict=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def _quiet_stop(producer: Any) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 2.0)

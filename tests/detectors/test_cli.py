@@ -1,0 +1,105 @@
+"""`atmguard detect` as an operator runs it: JSON lines only on stdout, annotated video, snapshots, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+
+from atmguard.contracts import BehaviorFact, parse_event
+from tests.conftest import REPO
+from tests.detectors.conftest import footage
+
+ATMGUARD = [sys.executable, "-m", "atmguard.cli"]
+
+
+def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    code = "from atmguard.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
+
+def test_detect_source_jsonl_prints_only_facts() -> None:
+    proc = run("detect", "--source", str(footage("a_suzie_landline_phone_at_ear.mp4")), "--atm-id", "atm-zhez-001",
+               "--jsonl", "--start", "2026-02-14T10:00:00+05:00")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines
+    facts = [parse_event(json.loads(line)) for line in lines]  # every line is one JSON object of the contract
+    assert all(isinstance(f, BehaviorFact) for f in facts)
+    assert {f.camera_id for f in facts} == {"atm-zhez-001-cam"}
+    phone = [f for f in facts if f.behavior == "on_phone"]
+    assert phone and phone[0].started_at.isoformat() == "2026-02-14T10:00:00+05:00"
+
+
+def test_detect_camera_from_config_with_annotation_and_snapshots(tmp_path: Path) -> None:
+    cams = tmp_path / "configs"
+    cams.mkdir()
+    (cams / "cameras.yaml").write_text(
+        "cameras:\n"
+        "  - camera_id: cam-zhez-002-front\n"
+        "    atm_id: atm-zhez-002\n"
+        f"    source: {footage('b_intel_headpose_female_turns.gif')}\n"
+        "    analysis_fps: 12.5\n"
+    )
+    out = tmp_path / "annotated.mp4"
+    proc = run("detect", "--camera", "cam-zhez-002-front", "--config", str(cams), "--jsonl",
+               "--annotate", str(out), "--snapshots", str(tmp_path / "snaps"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    facts = [BehaviorFact.model_validate_json(line) for line in proc.stdout.splitlines()]
+    looking = [f for f in facts if f.behavior == "looking_around" and not f.ended]
+    assert looking and looking[0].atm_id == "atm-zhez-002"
+    snap = looking[0].snapshot
+    assert snap and Path(snap).exists() and cv2.imread(snap) is not None
+    cap = cv2.VideoCapture(str(out))
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape[:2] == (270, 480) and n >= 15
+
+
+def test_detect_errors_say_what_is_wrong() -> None:
+    proc = run("detect", "--camera", "cam-nope")
+    assert proc.returncode == 2 and "cam-nope" in proc.stderr and "cam-zhez-001-front" in proc.stderr
+    assert proc.stdout == ""
+    proc = run("detect", "--source", "missing.mp4", "--atm-id", "atm-zhez-001", "--jsonl")
+    assert proc.returncode == 2 and "video not found: missing.mp4" in proc.stderr
+    proc = run("detect", "--source", "missing.mp4")
+    assert proc.returncode == 2 and "--atm-id" in proc.stderr
+
+
+def test_detect_publishes_facts_to_the_broker(tmp_path: Path) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+
+    from atmguard.settings import Settings
+    from atmguard.stream.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=0, data_dir=tmp_path / "broker") as broker:
+        proc = run("detect", "--source", str(footage("b_intel_headpose_female_turns.gif")), "--atm-id", "atm-zhez-002",
+                   "--fps", "12.5", "--broker", broker.url, "--jsonl")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        printed = [BehaviorFact.model_validate_json(line) for line in proc.stdout.splitlines()]
+        assert any(f.behavior == "looking_around" for f in printed)
+
+        async def consume() -> list[tuple[bytes, bytes]]:
+            consumer = AIOKafkaConsumer(Settings().topic_facts, bootstrap_servers=broker.bootstrap,
+                                        auto_offset_reset="earliest", group_id=None)
+            await consumer.start()
+            got: list[tuple[bytes, bytes]] = []
+            try:
+                while len(got) < len(printed):
+                    batch = await asyncio.wait_for(consumer.getmany(timeout_ms=500), 20)
+                    for records in batch.values():
+                        got += [(r.key, r.value) for r in records]
+            finally:
+                await consumer.stop()
+            return got
+
+        records = asyncio.run(consume())
+    assert {k for k, _ in records} == {b"atm-zhez-002"}  # keyed by ATM
+    assert sorted(BehaviorFact.model_validate_json(v).id for _, v in records) == sorted(f.id for f in printed)

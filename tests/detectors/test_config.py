@@ -1,0 +1,55 @@
+"""configs/cameras.yaml: the example loads; mistakes name file:line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atmguard.detectors.config import load_cameras
+from atmguard.errors import ConfigError
+
+
+def test_example_cameras_load(repo: Path) -> None:
+    cams = load_cameras(repo / "configs")
+    assert cams and all(c.atm_id.startswith("atm-zhez-") for c in cams.values())
+    hall = cams["cam-zhez-003-hall"]
+    assert hall.zone and len(hall.zone) >= 3 and hall.analysis_fps == 5
+    assert any(c.source.startswith("rtsp://") for c in cams.values())
+
+
+def test_bad_field_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "cameras.yaml").write_text(
+        "cameras:\n"
+        "  - camera_id: c1\n"
+        "    atm_id: atm-zhez-001\n"
+        "    source: rtsp://x/1\n"
+        "    analysis_fps: -3\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_cameras(tmp_path)
+    assert err.value.path is not None and err.value.path.endswith("cameras.yaml:5")
+    assert err.value.field == "cameras.0.analysis_fps"
+
+
+def test_unknown_key_and_short_zone_are_errors(tmp_path: Path) -> None:
+    (tmp_path / "cameras.yaml").write_text(
+        "cameras:\n  - camera_id: c1\n    atm_id: a\n    zoen: [[0, 0], [1, 1], [2, 0]]\n"
+    )
+    with pytest.raises(ConfigError, match="zoen"):
+        load_cameras(tmp_path)
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  - camera_id: c1\n    atm_id: a\n    zone: [[0, 0], [1, 1]]\n")
+    with pytest.raises(ConfigError, match="at least 3 points"):
+        load_cameras(tmp_path)
+
+
+def test_duplicate_camera_and_bad_yaml(tmp_path: Path) -> None:
+    (tmp_path / "cameras.yaml").write_text(
+        "cameras:\n  - camera_id: c1\n    atm_id: a\n  - camera_id: c1\n    atm_id: b\n"
+    )
+    with pytest.raises(ConfigError, match="duplicate camera_id 'c1'") as err:
+        load_cameras(tmp_path)
+    assert err.value.path is not None and err.value.path.endswith(":4")
+    (tmp_path / "cameras.yaml").write_text("cameras:\n  - camera_id: [c1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_cameras(tmp_path)
