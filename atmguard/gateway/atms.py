@@ -1,10 +1,13 @@
-"""ATMs as the console needs them (address, district), from the deployment config."""
+"""ATMs as the console needs them (address, district), from the notifier's deployment config."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+from atmguard.errors import ConfigError
+from atmguard.notifier.config import load_deployment
 
 log = logging.getLogger(__name__)
 
@@ -21,28 +24,10 @@ class AtmInfo:
 
 
 def load_atms(config_dir: Path) -> dict[str, AtmInfo]:
-    """ATMs by id: through the notifier's config loader, else straight from the YAML; {} if none."""
+    """ATMs by id; {} (and a warning) when the deployment config is missing or broken, so the console still serves."""
     try:
-        from atmguard.notifier.config import load_deployment
-
         deployment = load_deployment(config_dir)
-        return {
-            a.id: AtmInfo(a.id, a.address, a.district, getattr(a, "place", None), getattr(a, "bank", None))
-            for a in deployment.atms
-        }
-    except Exception as exc:  # a broken or half-written config must not stop the console
-        log.info("deployment config not loaded through the notifier (%s); reading ATMs directly", exc)
-    path = config_dir / "deployment.yaml"
-    if not path.exists():
+    except (ConfigError, OSError) as exc:
+        log.warning("ATMs not loaded from %s: %s", config_dir, exc)
         return {}
-    from ruamel.yaml import YAML
-
-    try:
-        data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
-        return {
-            str(a["id"]): AtmInfo(str(a["id"]), str(a.get("address", "")), str(a.get("district", "")), a.get("place"), a.get("bank"))
-            for a in data.get("atms", [])
-        }
-    except Exception as exc:
-        log.warning("cannot read ATMs from %s: %s", path, exc)
-        return {}
+    return {a.id: AtmInfo(a.id, a.address, a.district, a.place, a.bank) for a in deployment.atms}
