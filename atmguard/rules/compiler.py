@@ -56,7 +56,6 @@ class CompiledPattern:
 
     name: str
     event: str
-    slot: str
 
 
 @dataclass(frozen=True)
@@ -397,16 +396,6 @@ def _within_conditions(names: Sequence[str], within: float) -> list[dict[str, An
     return out
 
 
-def _slot(pattern: Pattern, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_]", "_", pattern.name)
-    slot, n = base, 1
-    while slot in used:
-        n += 1
-        slot = f"{base}_{n}"
-    used.add(slot)
-    return slot
-
-
 def compile_rule(rule: Rule, index: int) -> tuple[CompiledRule, set[tuple[str, str]]]:
     """One rule -> its branches as durable rule definitions, and the (event, field) pairs they test."""
     fields: set[tuple[str, str]] = set()
@@ -423,7 +412,6 @@ def compile_rule(rule: Rule, index: int) -> tuple[CompiledRule, set[tuple[str, s
         entries: list[tuple[str, list[dict[str, Any]]]] = []
         events_by_name: dict[str, list[str]] = {}
         patterns: list[CompiledPattern] = []
-        used_slots: set[str] = set()
         pc.branch_names = {p.name for p in positives}
         pc.all_names = {p.name for p in rule.patterns()}
         try:
@@ -443,7 +431,7 @@ def compile_rule(rule: Rule, index: int) -> tuple[CompiledRule, set[tuple[str, s
                 pc.events[pattern.name] = pattern.event
                 durable_names.append(dname)
                 events_by_name.setdefault(pattern.event, []).append(dname)
-                patterns.append(CompiledPattern(pattern.name, pattern.event, _slot(pattern, used_slots)))
+                patterns.append(CompiledPattern(pattern.name, pattern.event))
             for ni, pattern in enumerate(negatives):
                 pc.current = f"n{ni}$not"
                 conds = [{"_e": pattern.event}]

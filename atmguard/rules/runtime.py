@@ -14,7 +14,9 @@ What this module does so that nobody else has to know (see ../shared/NOTES.md):
   `trx-122789` / `trx-339192` collide; every event gets an internal id whose hash is checked
   against the live hashes of its sid, so no event is rejected or retracted by mistake.
 - Nothing expires in durable: `sweep(now)` retracts events older than the longest window (event
-  time); `feed` also sweeps by itself every `auto_sweep_every` events, keeping two windows.
+  time); `feed` also sweeps by itself every `auto_sweep_every` events, keeping the longest window
+  plus `lateness_s` behind the newest event time seen (an event arriving later than that after
+  newer ones may miss partners that were already dropped).
 - Cooldown, duplicate ids, supersede (same ATM, camera, track, behaviour), disabled rules,
   priorities and the explanation of each firing are handled here in Python.
 - Only events some enabled rule tests are kept (for the longest window); a reload that adds a rule
@@ -25,8 +27,10 @@ What this module does so that nobody else has to know (see ../shared/NOTES.md):
   changes conditions moves the Python-side state over and re-asserts it in bulk, and the emptied
   old ruleset is kept for reuse when the same definition comes back (e.g. a rollback).
 
-Not thread-safe: call a RuleEngine from one thread at a time (the Faust engine calls it from its
-event loop; the gateway should hold a lock or own its engine).
+durable is not thread-safe (actions get lost when several threads post): every public method of
+a RuleEngine holds the engine's lock, so calls from several threads are serialized and only one is
+ever inside durable. Calls are synchronous and CPU-bound: from asyncio, call them from one task
+(the Faust engine does) or a single worker thread, not concurrently from many.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import json
 import logging
 import math
 import string
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -81,6 +86,7 @@ _FREE: dict[str, list[_Pooled]] = {}
 """Durable rulesets not in use, by definition, shared by every engine of the process."""
 _SERIAL = [0]
 _TOKENS = itertools.count(1)
+_POOL_LOCK = threading.Lock()
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -240,6 +246,9 @@ class _Group:
     state: _State
     fields: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # event -> (field, json prefix)
     fields_key: str = ""
+    # shards whose facts are not in this durable ruleset yet (after a reload): shard -> (facts of this
+    # state the ruleset already holds, live events to bring in); synced on first use, or by sweep()
+    pending: dict[int, tuple[dict[str, str], list[_Live]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.fields = {
@@ -309,15 +318,19 @@ class _Candidate:
 class RuleEngine:
     """Compiled rules over durable_rules, fed one event at a time in event time."""
 
-    def __init__(self, ruleset: RuleSetLike, *, shards: int = 128, auto_sweep_every: int = 20_000):
+    def __init__(
+        self, ruleset: RuleSetLike, *, shards: int = 128, auto_sweep_every: int = 20_000, lateness_s: float = 120.0
+    ):
         if not 1 <= shards <= 1000:
             raise ValueError("shards must be between 1 and 1000 (durable allows 1024 sessions per ruleset)")
         self._n_shards = shards
         self._auto_sweep_every = auto_sweep_every
+        self._lateness = lateness_s
         self._fed = 0
         self._max_t = float("-inf")
         self._seq = 0
         self._closed = False
+        self._lock = threading.Lock()  # one caller at a time inside durable (it is not thread-safe)
         self.digest = ruleset.digest
         self._compiled = compile_rules(list(ruleset.rules))
         self._groups: dict[str, _Group] = {}
@@ -336,10 +349,12 @@ class RuleEngine:
     def _acquire(self, cgroup: CompiledGroup, state: _State) -> tuple[int, str, dict[str, str]]:
         """A durable ruleset for this definition, and the facts of `state` it still holds (reuse)."""
         definition = cgroup.definition_json
-        free = _FREE.get(definition)
-        if free:
-            pick = next((p for p in free if p.owner == state.token), free[-1])
-            free.remove(pick)
+        with _POOL_LOCK:
+            free = _FREE.get(definition)
+            pick = next((p for p in free if p.owner == state.token), free[-1]) if free else None
+            if free and pick is not None:
+                free.remove(pick)
+        if pick is not None:
             if pick.owner != state.token and pick.held:
                 self._retract_ids(pick.handle, pick.held)  # another state's facts: empty it first
                 pick.held = {}
@@ -353,7 +368,8 @@ class RuleEngine:
 
     @staticmethod
     def _release(handle: int, definition: str, owner: int, held: dict[str, str]) -> None:
-        _FREE.setdefault(definition, []).append(_Pooled(handle, owner, held))
+        with _POOL_LOCK:
+            _FREE.setdefault(definition, []).append(_Pooled(handle, owner, held))
 
     def _retract_ids(self, handle: int, held: Mapping[str, str]) -> None:
         by_sid: dict[str, list[str]] = {}
@@ -380,10 +396,13 @@ class RuleEngine:
         return out
 
     @staticmethod
-    def _posted(state: _State) -> dict[str, str]:
-        """Internal id -> sid of every fact of this state asserted in its durable ruleset."""
-        shards = state.shards
-        return {live.iid: shards[live.shard].sid for live in state.by_iid.values() if live.shard >= 0}
+    def _posted(group: _Group) -> dict[str, str]:
+        """Internal id -> sid of every fact of the group's state that its durable ruleset holds."""
+        shards, pending = group.state.shards, group.pending
+        out = {x.iid: shards[x.shard].sid for x in group.state.by_iid.values() if x.shard >= 0 and x.shard not in pending}
+        for held, _lives in pending.values():
+            out.update(held)
+        return out
 
     # ------------------------------------------------------------------ live events
 
@@ -441,8 +460,9 @@ class RuleEngine:
             return
         if retract:
             sid = state.shards[live.shard].sid
-            res = _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')
-            self._drain(group.handle, res[1])
+            # firings a retraction re-enables (a `none:` pattern unblocked) stay queued in the session and
+            # are dropped at its next drain: they do not contain the event being fed (see _candidates)
+            _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')
         state.shards[live.shard].hashes.discard(live.hash)
 
     def _remove(self, group: _Group, kstate: _Key, live: _Live) -> None:
@@ -460,18 +480,20 @@ class RuleEngine:
 
     def feed(self, event: Event) -> list[Intervention]:
         """Add one event; the interventions it completes (a duplicate id gives nothing)."""
-        if self._closed:
-            raise RuntimeError("this RuleEngine is closed")
-        out = self._process(event, commit=True)
-        self._fed += 1
-        if self._auto_sweep_every and self._fed % self._auto_sweep_every == 0:
-            self._sweep_before(self._max_t - 2 * self._compiled.horizon, self._max_t)
-        return out
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this RuleEngine is closed")
+            out = self._process(event, commit=True)
+            self._fed += 1
+            if self._auto_sweep_every and self._fed % self._auto_sweep_every == 0:
+                self._sweep_before(self._max_t - self._compiled.horizon - self._lateness, self._max_t)
+            return out
 
     def peek(self, event: Event) -> list[Intervention]:
         """What feeding this event would fire now, leaving every state unchanged (hold advice)."""
-        self._check_open()
-        return self._process(event, commit=False)
+        with self._lock:
+            self._check_open()
+            return self._process(event, commit=False)
 
     def _process(self, event: Event, *, commit: bool) -> list[Intervention]:
         t = event.ts.timestamp()
@@ -514,7 +536,14 @@ class RuleEngine:
                         self._seq += 1
                         heapq.heappush(state.heap, (t, self._seq, key, ""))
                     return []
+        if group.pending:
+            shard_i = state.shard_of.get(key)
+            if shard_i is None:
+                shard_i = zlib.crc32(key.encode()) % self._n_shards
+            if shard_i in group.pending:
+                self._sync(group, shard_i)
         if not commit:
+            known_key = key in state.shard_of
             live = _Live(event, t, key, slot, name)
             self._place(group, live)
             state.by_iid[live.iid] = live
@@ -523,6 +552,8 @@ class RuleEngine:
                 return self._candidates(group, fired, live.iid, key)
             finally:
                 self._unplace(group, live, retract=True)
+                if not known_key:
+                    state.shard_of.pop(key, None)
         if kstate is None:
             kstate = state.keys[key] = _Key()
         kstate.seen[event.id] = t
@@ -542,6 +573,11 @@ class RuleEngine:
             return self._drain(group.handle, sstate)
         except Exception:
             log.exception("durable_rules failed on event %s (key %s); it takes no part in matches", live.ext_id, live.key)
+            try:  # never leave it pending in the session (durable would fail every later event there)
+                sid = group.state.shards[live.shard].sid
+                self._drain(group.handle, _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')[1])
+            except Exception:
+                log.exception("durable_rules could not retract event %s", live.ext_id)
             return []
 
     def _candidates(self, group: _Group, fired: list[str], iid: str, key: str) -> list[_Candidate]:
@@ -630,8 +666,11 @@ class RuleEngine:
 
     def sweep(self, now: datetime) -> int:
         """Drop events older than the longest window before `now` (event time); returns how many."""
-        self._check_open()
-        return self._sweep_before(now.timestamp() - self._compiled.horizon, now.timestamp())
+        with self._lock:
+            self._check_open()
+            for group in self._groups.values():
+                self._sync_all(group)  # a maintenance point: finish any reload's catch-up too
+            return self._sweep_before(now.timestamp() - self._compiled.horizon, now.timestamp())
 
     def _sweep_before(self, horizon: float, now: float) -> int:
         dropped = 0
@@ -679,6 +718,10 @@ class RuleEngine:
 
     def keys(self) -> list[str]:
         """Keys with state; keys of rules correlated by another field than atm_id read `field=value`."""
+        with self._lock:
+            return self._keys_unlocked()
+
+    def _keys_unlocked(self) -> list[str]:
         out: list[str] = []
         for by, group in self._groups.items():
             prefix = "" if by == DEFAULT_KEY_FIELD else by + "="
@@ -687,6 +730,10 @@ class RuleEngine:
 
     def export_state(self, key: str) -> KeyState:
         """Recent events, seen ids and cooldown marks of one key, as JSON-able data."""
+        with self._lock:
+            return self._export_state_unlocked(key)
+
+    def _export_state_unlocked(self, key: str) -> KeyState:
         self._check_open()
         group, value = self._split_key(key)
         kstate = group.state.keys.get(value) if group else None
@@ -706,6 +753,10 @@ class RuleEngine:
 
     def restore_state(self, key: str, state: KeyState) -> None:
         """Replace one key's state with an exported one (after a rebalance), firing nothing."""
+        with self._lock:
+            self._restore_state_unlocked(key, state)
+
+    def _restore_state_unlocked(self, key: str, state: KeyState) -> None:
         self._check_open()
         group, value = self._split_key(key)
         if group is None:
@@ -765,9 +816,30 @@ class RuleEngine:
         batches: dict[int, list[str]] = {}
         for live in lives:
             batches.setdefault(live.shard, []).append(live.msg)
-        for texts in batches.values():
+        for shard_i, texts in batches.items():
+            if shard_i in group.pending:
+                self._sync(group, shard_i)
             res = _dre.assert_facts(group.handle, "[" + ",".join(texts) + "]")
             self._drain(group.handle, res[1])
+
+    def _sync(self, group: _Group, shard_i: int) -> None:
+        """Bring one shard of a durable ruleset up to date with the state (after a reload)."""
+        held, lives = group.pending.pop(shard_i)
+        by_iid = group.state.by_iid
+        stale = {iid: sid for iid, sid in held.items() if iid not in by_iid}
+        if stale:
+            self._retract_ids(group.handle, stale)  # before asserting: a new id may share a stale one's hash
+        fresh = [x for x in lives if x.iid in by_iid and x.iid not in held]
+        if fresh:
+            for live in fresh:
+                if live.mkey != group.fields_key:
+                    live.msg, live.mkey = self._message(group, live), group.fields_key
+            res = _dre.assert_facts(group.handle, "[" + ",".join(x.msg for x in fresh) + "]")
+            self._drain(group.handle, res[1])
+
+    def _sync_all(self, group: _Group) -> None:
+        for shard_i in list(group.pending):
+            self._sync(group, shard_i)
 
     # ------------------------------------------------------------------ reload
 
@@ -779,6 +851,10 @@ class RuleEngine:
         durable ruleset for the new definition: a new one gets every live event in bulk; one reused
         from an earlier reload (e.g. a rollback) only gets what changed since it was left.
         """
+        with self._lock:
+            self._swap_unlocked(new_ruleset)
+
+    def _swap_unlocked(self, new_ruleset: RuleSetLike) -> None:
         self._check_open()
         compiled = compile_rules(list(new_ruleset.rules))
         acquired: dict[str, tuple[int, str, dict[str, str], _State]] = {}
@@ -800,13 +876,13 @@ class RuleEngine:
             old = self._groups.get(by)
             if by not in acquired:
                 assert old is not None
-                groups[by] = _Group(cgroup, old.handle, old.definition, old.state)
+                groups[by] = _Group(cgroup, old.handle, old.definition, old.state, pending=old.pending)
                 continue
             handle, definition, held, state = acquired[by]
             group = groups[by] = _Group(cgroup, handle, definition, state)
             if old is not None:
-                retire.append((old.handle, old.definition, state.token, self._posted(state)))
-                self._repost(group, held)
+                retire.append((old.handle, old.definition, state.token, self._posted(old)))
+                self._schedule(group, held)
                 continue
             if old_events is None:
                 old_events = {}
@@ -823,7 +899,7 @@ class RuleEngine:
             self._post_bulk(group, per_key)
         for by, old in self._groups.items():
             if by not in compiled.groups:
-                retire.append((old.handle, old.definition, old.state.token, self._posted(old.state)))
+                retire.append((old.handle, old.definition, old.state.token, self._posted(old)))
         self._groups = groups
         self._compiled = compiled
         self.digest = new_ruleset.digest
@@ -831,8 +907,13 @@ class RuleEngine:
             # kept as it is: reusing it for the same state later only needs the difference
             self._release(handle, definition, owner, held)
 
-    def _repost(self, group: _Group, held: dict[str, str]) -> None:
-        """Bring a durable ruleset up to date with a moved state (only the difference if reused)."""
+    def _schedule(self, group: _Group, held: dict[str, str]) -> None:
+        """Mark every shard of a moved state for syncing into the group's new durable ruleset.
+
+        The durable work (asserting the live events, or only the difference when the ruleset is
+        reused) happens per shard on its first use after the reload, or in sweep(): the reload
+        itself stays well under a second with 10,000 ATMs of state.
+        """
         state = group.state
         by_iid = state.by_iid
         for live in list(by_iid.values()):
@@ -842,14 +923,14 @@ class RuleEngine:
                 by_iid.pop(live.iid, None)
                 self._place(group, live)
                 self._add(group, kstate, live)
-        stale = {iid: sid for iid, sid in held.items() if iid not in by_iid}
-        if stale:
-            self._retract_ids(group.handle, stale)  # before asserting: a new id may share a stale one's hash
-        fresh = [x for x in by_iid.values() if x.shard >= 0 and x.iid not in held]
-        for live in fresh:
-            if live.mkey != group.fields_key:
-                live.msg, live.mkey = self._message(group, live), group.fields_key
-        self._assert_all(group, fresh)
+        lives: dict[int, list[_Live]] = {}
+        for live in by_iid.values():
+            if live.shard >= 0:
+                lives.setdefault(live.shard, []).append(live)
+        helds: dict[int, dict[str, str]] = {}
+        for iid, sid in held.items():
+            helds.setdefault(int(sid), {})[iid] = sid
+        group.pending = {i: (helds.get(i, {}), lives.get(i, [])) for i in set(lives) | set(helds)}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -859,14 +940,19 @@ class RuleEngine:
             "keys": sum(len(g.state.keys) for g in self._groups.values()),
             "live_events": sum(len(g.state.by_iid) for g in self._groups.values()),
             "durable_rulesets_free": sum(len(v) for v in _FREE.values()),
+            "shards_to_sync": sum(len(g.pending) for g in self._groups.values()),
         }
 
     def close(self) -> None:
         """Empty this engine's durable rulesets and keep them for reuse (durable cannot free them)."""
+        with self._lock:
+            self._close_unlocked()
+
+    def _close_unlocked(self) -> None:
         if self._closed:
             return
         for group in self._groups.values():
-            self._retract_ids(group.handle, self._posted(group.state))
+            self._retract_ids(group.handle, self._posted(group))
             self._release(group.handle, group.definition, 0, {})
         self._groups = {}
         self._closed = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import re
+import threading
 import zlib
 from datetime import timedelta
 from pathlib import Path
@@ -22,15 +23,23 @@ ATMS = 10_000
 
 def test_ten_thousand_atms_live_at_once() -> None:
     """durable allows 1024 live sessions per ruleset; keys are sharded, so 10,000 ATMs all work."""
-    eng = engine(COACHED)
+    call_then_transfer = """
+rule: call-then-transfer
+version: 1
+severity: high
+when:
+  all:
+    - event: on_phone
+    - event: transfer
+  within: 5m
+"""
+    eng = engine(call_then_transfer)
     for i in range(ATMS):
         eng.feed(fact("on_phone", 70, atm=f"ATM-{i:05d}", id=f"p{i}"))
-        eng.feed(fact("looking_around", 80, atm=f"ATM-{i:05d}", count=3, id=f"l{i}"))
     assert len(eng.keys()) == ATMS
     got = [iv for i in range(ATMS) for iv in eng.feed(transfer(90, 400000, atm=f"ATM-{i:05d}", id=f"t{i}"))]
     assert len(got) == ATMS
-    assert {iv.atm_id for iv in got} == {f"ATM-{i:05d}" for i in range(ATMS)}
-    assert all(iv.evidence == [f"p{i}", f"l{i}", f"t{i}"] for i, iv in enumerate(got))
+    assert all(iv.atm_id == f"ATM-{i:05d}" and iv.evidence == [f"p{i}", f"t{i}"] for i, iv in enumerate(got))
 
 
 def test_colliding_event_ids_are_both_kept() -> None:
@@ -170,8 +179,8 @@ def test_feed_sweeps_by_itself() -> None:
     eng = engine(COACHED, auto_sweep_every=100)
     for i in range(1000):
         eng.feed(fact("on_phone", i * 60, camera=f"c{i}", id=f"x{i}"))
-    # only about two windows (10 min) of events are kept, never the whole stream
-    assert len(eng.export_state("ATM-1").events) < 30
+    # only the 5 min window plus 2 min of allowed lateness are kept (one call a minute), never the stream
+    assert 5 <= len(eng.export_state("ATM-1").events) <= 8
 
 
 def test_only_runtime_imports_durable() -> None:
@@ -198,3 +207,43 @@ def test_matches_behaves_like_python_regex_search(pattern: str) -> None:
     for i, sample in enumerate(SAMPLES):
         got = bool(eng.feed(transfer(0, 1, atm=f"A{i}", payee_ref=sample)))
         assert got == bool(re.search(pattern, sample)), (pattern, sample)
+
+
+def test_calls_from_several_threads_lose_nothing() -> None:
+    """durable loses actions when posted from several threads; the engine serializes its callers."""
+    eng = engine(COACHED)
+    got: list[str] = []
+
+    def worker(part: int) -> None:
+        for i in range(part * 500, part * 500 + 500):
+            atm = f"T{i}"
+            eng.feed(fact("on_phone", 70, atm=atm, id=f"p{i}"))
+            eng.feed(fact("looking_around", 80, atm=atm, count=3, id=f"l{i}"))
+            got.extend(iv.atm_id for iv in eng.feed(transfer(90, 400000, atm=atm, id=f"t{i}")))
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(got) == sorted(f"T{i}" for i in range(2000))
+
+
+def test_reload_syncs_each_shard_before_it_is_used() -> None:
+    """After a reload the new durable ruleset is filled shard by shard; no event may miss its partners."""
+    a = rule(COACHED)
+    b = rule(COACHED, version=2)
+    b.when.all[0].where["confidence"] = {"gte": 0.5}  # type: ignore[index,union-attr]
+    eng = RuleEngine(Pack([a]), shards=8)
+    for i in range(200):
+        eng.feed(fact("on_phone", 70, atm=f"R{i}", id=f"p{i}"))
+        eng.feed(fact("looking_around", 80, atm=f"R{i}", count=3, id=f"l{i}"))
+    eng.swap(Pack([b]))
+    assert eng.stats()["shards_to_sync"] == 8
+    got = fired(eng, *(transfer(90, 400000, atm=f"R{i}", id=f"t{i}") for i in range(0, 200, 2)))
+    assert got == [("coached-transfer", f"R{i}") for i in range(0, 200, 2)]
+    eng.sweep(T0 + timedelta(seconds=100))  # a maintenance point: finishes the catch-up
+    assert eng.stats()["shards_to_sync"] == 0
+    assert fired(eng, *(transfer(91, 400000, atm=f"R{i}", id=f"u{i}") for i in range(1, 200, 2))) == [
+        ("coached-transfer", f"R{i}") for i in range(1, 200, 2)
+    ]
