@@ -107,11 +107,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         data_dir: Path = typer.Option(None, "--data-dir", help="Where the demo keeps its data (default: a temp dir)."),
         scenario: Path = typer.Option(None, "--scenario", help="Scenario folder (default examples/zhezkazgan)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show the stack's logs too."),
+        no_detectors: bool = typer.Option(False, "--no-detectors",
+                                          help="Skip running the detectors on the real footage clip."),
     ) -> None:
         """Run the bundled Zhezkazgan scenario end to end on the embedded stack and print its timeline."""
         from atmguard.stream.demo import main_demo
 
-        raise typer.Exit(main_demo(data_dir=data_dir, scenario=scenario, verbose=verbose))
+        raise typer.Exit(main_demo(data_dir=data_dir, scenario=scenario, verbose=verbose, detectors=not no_detectors))
 
     @bench.command("engine")
     def bench_engine(

@@ -2,9 +2,14 @@
 
 Everything real: the Tansu broker, the Faust engine with the repo's rules, the bank API (bank
 events are signed and POSTed over HTTP), the notifier sending through the twilio SDK to the
-local Twilio-compatible server (or to Twilio when credentials are configured). Behaviour facts
-are the scenario's recorded facts, published to the facts topic exactly as the detectors do.
-Times are shifted so the scenario ends now; the timeline shows the scenario's own clock.
+local Twilio-compatible server (or to Twilio when credentials are configured), the signed CAD
+webhook to a local receiver that checks its HMAC signature. The first behaviour facts come from
+the detectors (MediaPipe) run on a real clip when the footage folder is there; the rest are the
+scenario's recorded facts, published to the facts topic exactly as the detectors do. An officer's
+"OK <code>" reply is played back through the local Twilio server to acknowledge one intervention;
+another is left alone and escalates (the demo's copy of the deployment config escalates after
+seconds, not minutes). Times are shifted so the scenario ends now; the timeline shows the
+scenario's own clock.
 """
 
 from __future__ import annotations
@@ -18,53 +23,24 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from atmguard.contracts import BankEvent, BehaviorFact, Intervention, read_events
+from atmguard.stream.demo_watch import DemoWatcher, Timeline
 
 log = logging.getLogger("atmguard.demo")
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT_GAP_S = 0.06  # wall time between two published events: enough to read cause and effect in order
-
-
-def _mask(number: str | None) -> str:
-    try:
-        from atmguard.notifier.masking import mask_phone
-
-        return mask_phone(number)
-    except ImportError:  # pragma: no cover
-        n = number or ""
-        return n[:5] + "*" * max(0, len(n) - 7) + n[-2:]
-
-
-@dataclass
-class Timeline:
-    """Prints one line per thing that happened, with the scenario clock and the wall offset."""
-
-    delta: timedelta
-    tz: Any
-    t0: float = field(default_factory=time.monotonic)
-    lines: int = 0
-
-    def scenario_time(self, ts: datetime | None) -> str:
-        if ts is None:
-            return " " * 8
-        return (ts - self.delta).astimezone(self.tz).strftime("%H:%M:%S")
-
-    def say(self, ts: datetime | None, kind: str, text: str) -> None:
-        wall = time.monotonic() - self.t0
-        sys.stdout.write(f" {self.scenario_time(ts)}  {wall:6.2f}s  {kind:<6} {text}\n")
-        sys.stdout.flush()
-        self.lines += 1
+ESCALATION_STEP_S = 4.0  # the demo escalates an unacknowledged intervention after 4 s, 8 s, ... (config: minutes)
 
 
 def _fact_line(f: BehaviorFact) -> str:
     extra = f" {f.count}x in {f.window_s:.0f}s" if f.count is not None and f.window_s else ""
-    return f"{f.atm_id}  {f.behavior} for {f.duration_s:.0f}s{extra} (confidence {f.confidence:.2f}, {f.camera_id})"
+    ended = ", ended" if f.ended else ""
+    return f"{f.atm_id}  {f.behavior} for {f.duration_s:.0f}s{extra}{ended} (confidence {f.confidence:.2f}, {f.camera_id})"
 
 
 def _bank_line(e: BankEvent) -> str:
@@ -150,34 +126,21 @@ async def _follow_interventions(bootstrap: str, topic: str, out: list[Interventi
                     acts = [f"{k}: {', '.join(v)}" for k, v in (("sms", iv.actions.sms), ("radio", iv.actions.radio),
                                                                   ("webhook", iv.actions.webhook)) if v]
                     hold = ", hold" if iv.actions.hold else ""
+                    todo = "; ".join(acts) or "no actions"
+                    if iv.mode == "shadow":
+                        todo = f"SHADOW mode: recorded, nobody notified ({todo})"
                     timeline.say(iv.ts, "RULE", f"{iv.rule} v{iv.rule_version} [{iv.severity}{hold}] fired -> "
-                                 f"intervention {iv.id} ({iv.short_code}); {'; '.join(acts) or 'no actions'}")
+                                 f"intervention {iv.id} ({iv.short_code}); {todo}")
                     timeline.say(None, "", f"        \"{iv.message}\"")
     finally:
         await consumer.stop()
 
 
-def _follow_sink(sink: Any, seen: set[str], timeline: Timeline) -> tuple[int, int]:
-    sms = radio = 0
-    for req in list(sink.requests):
-        if req.sid is None or req.sid in seen or not req.accepted:
-            continue
-        seen.add(req.sid)
-        if req.kind == "message":
-            sms += 1
-            body = (req.body or "").replace("\n", " ")
-            timeline.say(None, "SMS", f"to {_mask(req.to)}: {body[:150]}{'...' if len(body) > 150 else ''}")
-        else:
-            radio += 1
-            import re
-
-            said = " ".join(re.findall(r"<Say[^>]*>(.*?)</Say>", req.twiml or "", flags=re.S))[:140]
-            timeline.say(None, "RADIO", f"call to radio gateway {_mask(req.to)}: \"{said}...\"")
-    return sms, radio
-
-
-async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> int:
+async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False, detectors: bool = True) -> int:
     from atmguard.engine import EngineOptions, load_ruleset
+    from atmguard.stream.demo_config import write_demo_config
+    from atmguard.stream.demo_detect import DEMO_CLIP, DetectorRun, detect_clip, footage_dir
+    from atmguard.stream.demo_receiver import CadReceiver
     from atmguard.stream.publish import restamp
     from atmguard.stream.up import apply_overrides, build_api, start_stack, stop_stack
 
@@ -194,27 +157,49 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> 
     delta = events[0].ts - recorded[0].ts
     from atmguard.stream.broker import free_port
 
+    # the detectors run on a real clip in a child process while the stack starts
+    footage = footage_dir() if detectors else None
+    first_fact = next((e for e in events if isinstance(e, BehaviorFact)), None)
+    detecting: asyncio.Task[DetectorRun] | None = None
+    if footage is not None and (footage / DEMO_CLIP).is_file() and first_fact is not None:
+        detecting = asyncio.create_task(detect_clip(footage / DEMO_CLIP, atm_id=first_fact.atm_id,
+                                                    camera_id=first_fact.camera_id, start_time=events[0].ts))
+
+    # a local CAD receiver, and the demo's copy of the deployment config pointing at it
+    receiver = CadReceiver({}).start()
+    demo_cfg = write_demo_config(config_dir, data_dir / "demo-configs", receiver_url=f"http://127.0.0.1:{receiver.port}",
+                                 step_s=ESCALATION_STEP_S)
+    receiver.secrets = dict(demo_cfg.webhook_secrets)
+    saved_env = {name: os.environ.get(name) for name in demo_cfg.secret_envs}
+    os.environ.update(demo_cfg.secret_envs)  # per-run secrets, in this process only
+
     os.environ.pop("ATMGUARD_BROKER", None)  # the demo always runs its own embedded broker
     http_port = free_port()
     # Twilio status callbacks and console links point at this demo's own bank API / console
     os.environ["ATMGUARD_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}"
-    settings = apply_overrides(data_dir=data_dir, rules_dir=rules_dir, config_dir=config_dir)
+    settings = apply_overrides(data_dir=data_dir, rules_dir=rules_dir, config_dir=demo_cfg.config_dir)
     timeline = Timeline(delta=delta, tz=recorded[0].ts.tzinfo)
     n_rules = len(getattr(load_ruleset(rules_dir), "rules", []) or [])
 
     print(f"atmguard demo: {scenario.name}, {recorded[0].ts:%d %b %Y} ({_rel(scenario)}), on the embedded stack")
     options = EngineOptions(rules_dir=rules_dir, data_dir=data_dir, session_timeout_s=2.0, heartbeat_s=0.3,
                             watch_rules=False)
-    stack = await start_stack(settings, data_dir=data_dir, engine_options=options)
+    stack = None
     server = serve_task = bank = None
     try:
+        stack = await start_stack(settings, data_dir=data_dir, engine_options=options)
         twilio = (f"local Twilio-compatible server {stack.sink.base_url}" if stack.sink is not None
                   else "Twilio (credentials from the environment)")
         print(f"  broker    {stack.broker_url} (Tansu, in-memory)")
         print(f"  rules     {_rel(rules_dir)} ({n_rules} rules)   config {_rel(config_dir)}")
         print(f"  SMS/radio {twilio}")
-        print(f"  facts     recorded behaviour facts from {', '.join(_rel(f) for f in files if 'fact' in f.name)}, "
-              "published to the facts topic as the detectors publish them")
+        for name in demo_cfg.webhook_secrets:
+            print(f"  webhook   {name}: local CAD receiver {receiver.url(name)}, checks the HMAC signature "
+                  "(secret made for this run)")
+        if demo_cfg.escalation_after:
+            after = ", ".join(f"{s:g}s (config: {orig})" for orig, s in demo_cfg.escalation_after)
+            print(f"  escalate  unacknowledged after {after}: the demo's copy of the config, "
+                  f"{_rel(demo_cfg.config_dir / 'deployment.yaml')}")
         keys: dict[str, str] = {}
         try:
             api = build_api(stack)
@@ -225,6 +210,23 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> 
         except Exception as exc:  # noqa: BLE001 - without the gateway the demo publishes bank events directly
             log.warning("bank API unavailable (%s)", exc)
             print("  bank      bank API not available: bank events published straight to the bank topic")
+        detected: list[BehaviorFact] = []
+        clip = DEMO_CLIP
+        if detecting is not None:
+            run = await detecting
+            detected, clip = run.facts, run.clip.name
+            if run.error:
+                print(f"  detectors {run.error}: recorded facts only")
+            else:
+                print(f"  detectors MediaPipe on real footage {run.clip} -> {len(run.facts)} facts, published first; "
+                      f"the clip is only 5 s, so the rest of the scenario's facts are recorded")
+        elif not detectors:
+            print("  detectors skipped (--no-detectors): recorded facts only")
+        else:
+            print(f"  detectors footage folder not found (set ATMGUARD_FOOTAGE, or ../shared/footage/{DEMO_CLIP}): "
+                  "recorded facts only")
+        print(f"  facts     recorded behaviour facts from {', '.join(_rel(f) for f in files if 'fact' in f.name)}, "
+              "published to the facts topic as the detectors publish them")
         deadline = time.monotonic() + 60
         while (stack.engine is None or stack.engine.restored == 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -235,9 +237,12 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> 
         stop = asyncio.Event()
         follower = asyncio.create_task(
             _follow_interventions(stack.bootstrap, settings.topic_interventions, ivs, stop, timeline))
-        seen_sids: set[str] = set()
-        sms = radio = 0
-        for ev in events:
+        watcher = DemoWatcher(timeline, ivs, sink=stack.sink, notifier=stack.notifier, receiver=receiver,
+                              escalation_after=[s for _, s in demo_cfg.escalation_after],
+                              escalation_steps=demo_cfg.escalation_steps)
+        sources: list[tuple[BehaviorFact | BankEvent, str]] = [(f, f"(detector: {clip}) ") for f in detected]
+        sources += [(e, "") for e in events]
+        for ev, label in sources:
             if isinstance(ev, BankEvent):
                 if bank is not None:
                     code, data = await bank.post(ev)
@@ -249,32 +254,34 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> 
             else:
                 await stack.publisher.publish(ev)
                 if ev.behavior != "present":
-                    timeline.say(ev.ts, "FACT", _fact_line(ev))
+                    timeline.say(ev.ts, "FACT", label + _fact_line(ev))
             await asyncio.sleep(EVENT_GAP_S)
-            if stack.sink is not None:
-                s, r = _follow_sink(stack.sink, seen_sids, timeline)
-                sms, radio = sms + s, radio + r
-        # let the last interventions reach the notifier and the sink
+            await watcher.poll()
+        # let the last interventions reach the notifier, the acks land and the escalations run out
         quiet_since = time.monotonic()
         deadline = time.monotonic() + 30
-        last = (len(ivs), sms, radio)
+        last = (len(ivs), watcher.sms, watcher.radio, watcher.webhooks)
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            if stack.sink is not None:
-                s, r = _follow_sink(stack.sink, seen_sids, timeline)
-                sms, radio = sms + s, radio + r
-            now = (len(ivs), sms, radio)
+            await watcher.poll()
+            now = (len(ivs), watcher.sms, watcher.radio, watcher.webhooks)
             if now != last:
                 last, quiet_since = now, time.monotonic()
             consumed = stack.engine.consumed if stack.engine is not None else 0
-            if consumed >= len(events) and ivs and time.monotonic() - quiet_since > 2.0:
+            if consumed >= len(sources) and ivs and watcher.settled() and time.monotonic() - quiet_since > 1.0:
                 break
         stop.set()
         await follower
         print()
         rules_fired = sorted({iv.rule for iv in ivs})
-        print(f"done: {len(events)} events -> {len(ivs)} interventions ({', '.join(rules_fired) or 'none'}), "
-              f"{sms} SMS, {radio} radio calls")
+        print(f"done: {len(sources)} events ({len(detected)} facts from the detectors) -> {len(ivs)} interventions "
+              f"({', '.join(rules_fired) or 'none'}), {watcher.sms} SMS, {watcher.radio} radio calls, "
+              f"{watcher.webhooks} signed webhook(s)")
+        codes = {iv.id: iv.short_code for iv in ivs}
+        for iv_id, by in watcher.acked.items():
+            print(f"      {codes.get(iv_id, iv_id)} acknowledged by SMS reply from {by}")
+        for iv_id, steps in watcher.escalated.items():
+            print(f"      {codes.get(iv_id, iv_id)} escalated {steps} step(s): nobody acknowledged it")
         if stack.sink is not None:
             print("      (SMS and calls went to the local Twilio-compatible server; set ATMGUARD_TWILIO_ACCOUNT_SID, "
                   "ATMGUARD_TWILIO_AUTH_TOKEN and ATMGUARD_TWILIO_FROM to send real ones)")
@@ -283,13 +290,24 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False) -> 
             return 1
         return 0
     finally:
+        if detecting is not None and not detecting.done():
+            detecting.cancel()
+            with contextlib.suppress(BaseException):
+                await detecting
         if bank is not None:
             await bank.close()
         if server is not None and serve_task is not None:
             server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(serve_task, 5)
-        await stop_stack(stack, data_dir)
+        if stack is not None:
+            await stop_stack(stack, data_dir)
+        receiver.stop()
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _bank_keys(settings: Any, bank_ids: set[str]) -> dict[str, str]:
@@ -314,13 +332,13 @@ def _rel(path: Path) -> str:
     return str(path)
 
 
-def main_demo(*, data_dir: Path | None, scenario: Path | None, verbose: bool = False) -> int:
+def main_demo(*, data_dir: Path | None, scenario: Path | None, verbose: bool = False, detectors: bool = True) -> int:
     """Entry point of `atmguard demo`."""
     from atmguard.stream.up import configure_logging
 
     configure_logging(verbose)
     if not verbose:  # the timeline says what happened; logs only for real trouble
-        for name in ("", "atmguard", "alembic", "uvicorn", "uvicorn.error"):
+        for name in ("", "atmguard", "alembic", "uvicorn", "uvicorn.error", "mode", "faust", "aiokafka", "kafka"):
             logging.getLogger(name).setLevel(logging.ERROR)
     scenario = scenario or REPO / "examples" / "zhezkazgan"
     if not scenario.is_dir():
@@ -328,6 +346,6 @@ def main_demo(*, data_dir: Path | None, scenario: Path | None, verbose: bool = F
         return 2
     if data_dir is None:
         with tempfile.TemporaryDirectory(prefix="atmguard-demo-") as tmp:
-            return asyncio.run(run_demo(scenario, Path(tmp), verbose=verbose))
+            return asyncio.run(run_demo(scenario, Path(tmp), verbose=verbose, detectors=detectors))
     data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(scenario, data_dir, verbose=verbose))
+    return asyncio.run(run_demo(scenario, data_dir, verbose=verbose, detectors=detectors))

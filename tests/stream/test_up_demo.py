@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from atmguard.stream.broker import free_port
-from tests.conftest import REPO
+from tests.conftest import FOOTAGE, REPO
 from tests.stream.conftest import ATMGUARD, fact, transfer
 
 pytestmark = pytest.mark.slow
@@ -33,6 +33,26 @@ def test_demo_runs_the_zhezkazgan_scenario_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"RADIO +call to radio gateway", text), text
     assert "recorded behaviour facts" in text
     assert "+77015550101" not in text
+    # the CAD webhook reached the demo's local receiver, which checked its HMAC signature
+    assert re.search(r"WEBHOOK +CAD receiver \(cad\) got intervention iv-\w+ \(\w{4}, long-call-no-money\): "
+                     r"signature verified", text), text
+    assert "dead letter" not in out.stderr + text
+    # an officer acknowledged coached-transfer by SMS reply; second-larger-transfer escalated
+    fired = re.search(r"coached-transfer v1 .*\((\w{4})\); sms: patrol", text)
+    assert fired, text
+    code = fired.group(1)
+    assert re.search(rf"ACK +{code} \(coached-transfer\) acknowledged: \+7701\*+\d+ replied \"OK {code}\" by SMS", text), text
+    assert not re.search(rf"ESCALATE +{code} ", text), text
+    esc = re.search(r"ESCALATE +(\w{4}) \(second-larger-transfer\) unacknowledged 4s .*step 1 -> sms: patrol_reserve", text)
+    assert esc, text
+    after = text[esc.end():]  # the escalation reached the next group: an SMS and a radio call after it
+    assert re.search(r"SMS +to \+7701\*+\d+: ATMGUARD", after) and re.search(r"RADIO +call to radio gateway", after), text
+    # the first facts came from the detectors on the real clip (when the footage is there)
+    if FOOTAGE.is_dir():
+        assert re.search(r"FACT +\(detector: a_suzie_landline_phone_at_ear\.mp4\) atm-zhez-001 +on_phone for \d+s", text), text
+        assert "the clip is only 5 s" in text
+    else:
+        assert "footage folder not found" in text
 
 
 def test_up_serves_metrics_and_the_bank_api_and_stops_on_ctrl_c(tmp_path: Path) -> None:
