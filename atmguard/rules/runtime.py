@@ -45,11 +45,13 @@ import string
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from math import isfinite as _isfinite
 from typing import Any, Protocol
 
 import durable_rules_engine as _dre
@@ -91,6 +93,7 @@ _POOL_LOCK = threading.Lock()
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
 _OBSERVED = 2
+_HEX_BYTES = tuple(b"0123456789abcdef")
 
 
 def fnv1a32(text: str) -> int:
@@ -100,6 +103,18 @@ def fnv1a32(text: str) -> int:
         h ^= byte if byte < 0x80 else (byte - 0x100) & 0xFFFFFFFF
         h = (h * _FNV_PRIME) & 0xFFFFFFFF
     return h
+
+
+def _hex_id_hash(state: _State, counter: int) -> int:
+    """fnv1a32(format(counter, "x")) from the cached hash of all but the last hex digit.
+
+    Internal ids are consecutive, so the prefix changes once every 16 ids (feed's hot path).
+    """
+    prefix = counter >> 4
+    if prefix != state.fnv_prefix:
+        state.fnv_prefix = prefix
+        state.fnv_prefix_hash = fnv1a32(format(prefix, "x")) if prefix else _FNV_OFFSET
+    return ((state.fnv_prefix_hash ^ _HEX_BYTES[counter & 15]) * _FNV_PRIME) & 0xFFFFFFFF
 
 
 class RuleSetLike(Protocol):
@@ -182,21 +197,36 @@ def _slot_of(event: Event) -> tuple[Any, ...] | None:
 # --------------------------------------------------------------------------- internal state
 
 
+def _expired(state: _State, horizon: float) -> Iterator[tuple[str, str]]:
+    """(key, internal id or "") of every queue and heap entry older than `horizon`, removed."""
+    queue_ts, heap = state.queue_ts, state.heap
+    ts_pop, key_pop, iid_pop = queue_ts.popleft, state.queue_key.popleft, state.queue_iid.popleft
+    while queue_ts and queue_ts[0] < horizon:
+        ts_pop()
+        yield key_pop(), iid_pop()
+    while heap and heap[0][0] < horizon:
+        _t, _seq, key, iid = heapq.heappop(heap)
+        yield key, iid
+
+
 class _Live:
     __slots__ = ("event", "ext_id", "iid", "t", "key", "shard", "slot", "name", "msg", "mkey", "hash", "_dump")
 
-    def __init__(self, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str):
+    def __init__(
+        self, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str,
+        iid: str = "", shard: int = -1, hash_: int = 0, msg: str = "", mkey: str = "",
+    ):
         self.event = event
         self.ext_id = event.id
         self.t = t
         self.key = key
         self.slot = slot
         self.name = name
-        self.iid = ""
-        self.shard = -1  # -1: not in durable (no rule tests this event)
-        self.msg = ""
-        self.mkey = ""  # which field projection `msg` was built with
-        self.hash = 0
+        self.iid = iid
+        self.shard = shard  # -1: not in durable (no rule tests this event)
+        self.msg = msg
+        self.mkey = mkey  # which field projection `msg` was built with
+        self.hash = hash_
         self._dump: dict[str, Any] | None = None
 
     def dump(self) -> dict[str, Any]:
@@ -231,9 +261,19 @@ class _State:
     keys: dict[str, _Key] = field(default_factory=dict)
     by_iid: dict[str, _Live] = field(default_factory=dict)
     heap: list[tuple[float, int, str, str]] = field(default_factory=list)  # (ts, seq, key, iid or "")
+    # live events arriving in event-time order expire first-in first-out: a queue, no heap work;
+    # the heap keeps late arrivals and the seen/cooldown marks. The sweep drains both.
+    # three parallel deques of untracked objects rather than one of tuples: nothing more for the
+    # garbage collector to count and scan per event
+    queue_ts: deque[float] = field(default_factory=deque)
+    queue_key: deque[str] = field(default_factory=deque)
+    queue_iid: deque[str] = field(default_factory=deque)
+    queue_t: float = float("-inf")  # ts of the newest queue entry
     counter: int = 0
     shard_of: dict[str, int] = field(default_factory=dict)  # key -> shard index (crc32 once per key)
     token: int = field(default_factory=lambda: next(_TOKENS))
+    fnv_prefix: int = -1  # cache of _hex_id_hash
+    fnv_prefix_hash: int = _FNV_OFFSET
 
 
 @dataclass
@@ -249,6 +289,10 @@ class _Group:
     # shards whose facts are not in this durable ruleset yet (after a reload): shard -> (facts of this
     # state the ruleset already holds, live events to bring in); synced on first use, or by sweep()
     pending: dict[int, tuple[dict[str, str], list[_Live]]] = field(default_factory=dict)
+    # feed's hot path, precomputed: event name -> (fields to send, message text between key and `_e`);
+    # an event name missing here is tested by no rule of the group (it skips durable entirely)
+    route: dict[str, tuple[tuple[tuple[str, str], ...], str]] = field(default_factory=dict)
+    heads: list[str] = field(default_factory=list)  # shard -> message text up to the internal id
 
     def __post_init__(self) -> None:
         self.fields = {
@@ -256,6 +300,8 @@ class _Group:
             for event, names in self.compiled.fields_by_event.items()
         }
         self.fields_key = repr(sorted(self.fields.items()))
+        self.route = {name: (self.fields.get(name, ()), '","_e":"' + name + '","_k":') for name in self.compiled.events}
+        self.heads = ['{"sid":"' + shard.sid + '","id":"' for shard in self.state.shards]
 
 
 class _View:
@@ -418,12 +464,12 @@ class RuleEngine:
             shard_i = state.shard_of[live.key] = zlib.crc32(live.key.encode()) % self._n_shards
         hashes = state.shards[shard_i].hashes
         while True:
-            iid = format(state.counter, "x")
-            h = fnv1a32(iid)
+            h = _hex_id_hash(state, state.counter)
             if h not in hashes:
                 break
             state.counter += 1  # this id's hash is taken in the session: durable would reject it
         hashes.add(h)
+        iid = format(state.counter, "x")
         live.iid, live.shard, live.hash = iid, shard_i, h
         live.msg, live.mkey = self._message(group, live), group.fields_key
 
@@ -450,8 +496,14 @@ class RuleEngine:
         kstate.live[live.iid] = live
         if live.slot is not None:
             kstate.slots[live.slot] = live.iid
-        self._seq += 1
-        heapq.heappush(state.heap, (live.t, self._seq, live.key, live.iid))
+        if live.t >= state.queue_t:
+            state.queue_t = live.t
+            state.queue_ts.append(live.t)
+            state.queue_key.append(live.key)
+            state.queue_iid.append(live.iid)
+        else:
+            self._seq += 1
+            heapq.heappush(state.heap, (live.t, self._seq, live.key, live.iid))
 
     def _unplace(self, group: _Group, live: _Live, *, retract: bool) -> None:
         state = group.state
@@ -483,7 +535,7 @@ class RuleEngine:
         with self._lock:
             if self._closed:
                 raise RuntimeError("this RuleEngine is closed")
-            out = self._process(event, commit=True)
+            out = self._commit(event)
             self._fed += 1
             if self._auto_sweep_every and self._fed % self._auto_sweep_every == 0:
                 self._sweep_before(self._max_t - self._compiled.horizon - self._lateness, self._max_t)
@@ -494,6 +546,133 @@ class RuleEngine:
         with self._lock:
             self._check_open()
             return self._process(event, commit=False)
+
+    def _commit(self, event: Event) -> list[Intervention]:
+        """feed's path: `_process(event, commit=True)` with the per-event work inlined (the hot path)."""
+        t = event.ts.timestamp()
+        if t > self._max_t:
+            self._max_t = t
+        values = event.__dict__
+        extra = event.__pydantic_extra__
+        kind = event.type
+        is_fact = kind == "behavior"
+        name = event.behavior if is_fact else kind  # type: ignore[union-attr]
+        candidates: list[_Candidate] | None = None
+        for group in self._groups.values():
+            route = group.route.get(name)
+            if route is None:
+                continue  # no rule tests this event: nothing to keep (a reload adding one starts afresh)
+            by = group.compiled.by
+            raw = values.get(by)
+            if raw is None and extra:
+                raw = extra.get(by)
+            if raw is None:
+                continue  # this rule set correlates by a field the event does not carry
+            key = raw if type(raw) is str else str(raw)
+            state = group.state
+            kstate = state.keys.get(key)
+            ext_id = event.id
+            # behaviour slot, as _slot_of gives it
+            slot = (values["atm_id"], values["camera_id"], values["track_id"], name) if is_fact else None
+            old: _Live | None = None
+            if kstate is not None:
+                if ext_id in kstate.seen:
+                    continue  # duplicate id: already taken into account
+                if slot is not None:
+                    old_iid = kstate.slots.get(slot)
+                    if old_iid is not None:
+                        old = kstate.live[old_iid]
+                        slot = old.slot  # the equal tuple already kept: one object fewer per update
+                        if old.t > t:
+                            # an older update arriving late: the newer one already stands for the behaviour
+                            kstate.seen[ext_id] = t
+                            self._seq += 1
+                            heapq.heappush(state.heap, (t, self._seq, key, ""))
+                            continue
+            shard_i = state.shard_of.get(key)
+            if shard_i is None:
+                shard_i = state.shard_of[key] = zlib.crc32(key.encode()) % self._n_shards
+            if group.pending and shard_i in group.pending:
+                self._sync(group, shard_i)
+            if kstate is None:
+                kstate = state.keys[key] = _Key()
+            kstate.seen[ext_id] = t
+            if old is not None:
+                self._remove(group, kstate, old)  # a newer update supersedes the older one
+            # internal id whose hash is free in the session (see _place)
+            hashes = state.shards[shard_i].hashes
+            counter = state.counter + 1
+            while True:
+                prefix = counter >> 4
+                if prefix != state.fnv_prefix:
+                    state.fnv_prefix = prefix
+                    state.fnv_prefix_hash = fnv1a32(format(prefix, "x")) if prefix else _FNV_OFFSET
+                h = ((state.fnv_prefix_hash ^ _HEX_BYTES[counter & 15]) * _FNV_PRIME) & 0xFFFFFFFF
+                if h not in hashes:
+                    break
+                counter += 1
+            state.counter = counter
+            hashes.add(h)
+            iid = format(counter, "x")
+            # the durable message (same text as _message builds)
+            fields, mid = route
+            head = f'{group.heads[shard_i]}{iid}","_i":"{iid}{mid}{_json_str(key)},"_t":{t!r}'
+            if fields:
+                parts = [head]
+                for fname, fprefix in fields:
+                    value = values.get(fname)
+                    if value is None and extra:
+                        value = extra.get(fname)
+                    if value is not None:
+                        parts.append(fprefix)
+                        vkind = type(value)
+                        if vkind is float:
+                            parts.append(repr(value) if _isfinite(value) else "null")
+                        elif vkind is str:
+                            parts.append(_json_str(value))
+                        else:
+                            parts.append(_json_text(value))
+                parts.append("}")
+                msg = "".join(parts)
+            else:
+                msg = head + "}"
+            live = _Live(event, t, key, slot, name, iid, shard_i, h, msg, group.fields_key)
+            state.by_iid[iid] = live
+            kstate.live[iid] = live
+            if slot is not None:
+                kstate.slots[slot] = iid
+            if t >= state.queue_t:
+                state.queue_t = t
+                state.queue_ts.append(t)
+                state.queue_key.append(key)
+                state.queue_iid.append(iid)
+            else:
+                self._seq += 1
+                heapq.heappush(state.heap, (t, self._seq, key, iid))
+            # assert it and drain the firings (see _assert)
+            handle = group.handle
+            try:
+                code, sstate = _dre.assert_fact(handle, msg)
+                if code == _OBSERVED:  # cannot happen with checked ids; never lose an event silently
+                    raise RuntimeError(f"durable rejected internal id {iid} as already observed")
+                res = _dre.start_action_for_state(handle, sstate)
+                if not res:
+                    continue
+                fired = [res[1]]
+                while more := _dre.complete_and_start_action(handle, sstate):
+                    fired.append(more)
+            except Exception:
+                self._assert_failed(group, live)
+                continue
+            found = self._candidates(group, fired, iid, key)
+            if found:
+                if candidates is None:
+                    candidates = found
+                else:
+                    candidates.extend(found)
+        if not candidates:
+            return []
+        return self._interventions(event, t, candidates, True)
 
     def _process(self, event: Event, *, commit: bool) -> list[Intervention]:
         t = event.ts.timestamp()
@@ -572,13 +751,16 @@ class RuleEngine:
                 raise RuntimeError(f"durable rejected internal id {live.iid} as already observed")
             return self._drain(group.handle, sstate)
         except Exception:
-            log.exception("durable_rules failed on event %s (key %s); it takes no part in matches", live.ext_id, live.key)
-            try:  # never leave it pending in the session (durable would fail every later event there)
-                sid = group.state.shards[live.shard].sid
-                self._drain(group.handle, _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')[1])
-            except Exception:
-                log.exception("durable_rules could not retract event %s", live.ext_id)
+            self._assert_failed(group, live)
             return []
+
+    def _assert_failed(self, group: _Group, live: _Live) -> None:
+        log.exception("durable_rules failed on event %s (key %s); it takes no part in matches", live.ext_id, live.key)
+        try:  # never leave it pending in the session (durable would fail every later event there)
+            sid = group.state.shards[live.shard].sid
+            self._drain(group.handle, _dre.retract_fact(group.handle, f'{{"sid":"{sid}","id":"{live.iid}"}}')[1])
+        except Exception:
+            log.exception("durable_rules could not retract event %s", live.ext_id)
 
     def _candidates(self, group: _Group, fired: list[str], iid: str, key: str) -> list[_Candidate]:
         out: list[_Candidate] = []
@@ -644,7 +826,9 @@ class RuleEngine:
             except (ValueError, IndexError):
                 message = rule.message
         acts = rule.actions
-        return Intervention(
+        # model_construct: every value below is already of its contract type (validated rule, validated
+        # events), and validating the nested models again cost more than the rest of a firing
+        return Intervention.model_construct(
             id=intervention_id(rule.rule, rule.version, key, evidence),
             rule=rule.rule,
             rule_version=rule.version,
@@ -653,11 +837,13 @@ class RuleEngine:
             atm_id=atm_id,
             ts=event.ts,
             evidence=evidence,
-            actions=Actions(sms=list(acts.sms), radio=list(acts.radio), webhook=list(acts.webhook), hold=acts.hold),
+            actions=Actions.model_construct(
+                sms=list(acts.sms), radio=list(acts.radio), webhook=list(acts.webhook), hold=bool(acts.hold)
+            ),
             message=message,
             key=key,
             matched=[
-                MatchedEvent(pattern=p.name, event_id=x.ext_id, event=x.dump())
+                MatchedEvent.model_construct(pattern=p.name, event_id=x.ext_id, event=x.dump())
                 for p, x in zip(cand.branch.patterns, cand.evidence, strict=True)
             ],
         )
@@ -677,12 +863,11 @@ class RuleEngine:
         longest_cooldown = self._compiled.max_cooldown
         for group in self._groups.values():
             state = group.state
-            heap = state.heap
             retract: dict[str, str] = {}
             touched: set[str] = set()
-            while heap and heap[0][0] < horizon:
-                _t, _seq, key, iid = heapq.heappop(heap)
-                kstate = state.keys.get(key)
+            keys_get, by_iid_pop, shards = state.keys.get, state.by_iid.pop, state.shards
+            for key, iid in _expired(state, horizon):
+                kstate = keys_get(key)
                 if kstate is None:
                     continue
                 touched.add(key)
@@ -692,10 +877,11 @@ class RuleEngine:
                 dropped += 1
                 if live.slot is not None and kstate.slots.get(live.slot) == iid:
                     del kstate.slots[live.slot]
-                state.by_iid.pop(iid, None)
+                by_iid_pop(iid, None)
                 if live.shard >= 0:
-                    state.shards[live.shard].hashes.discard(live.hash)
-                    retract[iid] = state.shards[live.shard].sid
+                    shard = shards[live.shard]
+                    shard.hashes.discard(live.hash)
+                    retract[iid] = shard.sid
             if retract:
                 self._retract_ids(group.handle, retract)
             for key in touched:
