@@ -86,14 +86,7 @@ class ReceiptWriter:
 
     async def write(self, rows: list[tuple[Key, str | None, dict[str, Any]]]) -> None:
         """Return once `rows` are committed."""
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, fut))
-        assert self._wake is not None
-        self._wake.set()
-        await fut
+        await self.submit(rows)
 
     async def _run(self) -> None:
         assert self._wake is not None

@@ -26,13 +26,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 from twilio.request_validator import RequestValidator
 
+from atmguard.local_http import ThreadedServer
 from atmguard.notifier.masking import mask_phone
 from atmguard.notifier.twilio_client import SINK_ACCOUNT_SID, SINK_AUTH_TOKEN
 
@@ -135,8 +136,7 @@ class TwilioSink:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._seq = itertools.count(1)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
         self._http = httpx.Client(timeout=10.0)
         self._validator = RequestValidator(auth_token)
 
@@ -149,22 +149,15 @@ class TwilioSink:
         class Handler(_Handler):
             owner = sink
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="twilio-sink", daemon=True)
-        self._thread.start()
+        self._server = ThreadedServer(self.host, self.port, Handler, "twilio-sink")
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         """Stop serving and close the playback client."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
         self._http.close()
 
     def __enter__(self) -> TwilioSink:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from atmguard.local_http import ThreadedServer
 from atmguard.notifier.webhook import verify
 
 
@@ -37,8 +38,7 @@ class CadReceiver:
         self.port = port
         self.received: list[Received] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     def url(self, name: str) -> str:
         return f"http://{self.host}:{self.port}/{name}"
@@ -49,21 +49,14 @@ class CadReceiver:
         class Handler(_Handler):
             owner = receiver
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="demo-cad", daemon=True)
-        self._thread.start()
+        self._server = ThreadedServer(self.host, self.port, Handler, "demo-cad")
+        self.port = self._server.port
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
 
     def snapshot(self) -> list[Received]:
         with self._lock:
