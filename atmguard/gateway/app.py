@@ -23,7 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
-from atmguard import __version__
+from atmguard import __version__, runtime_policy
 from atmguard.gateway.advisor import HoldAdvisor, advisor_from_rules
 from atmguard.gateway.atms import load_atms
 from atmguard.gateway.casebook import CaseBook
@@ -110,6 +110,7 @@ def create_app(
         if add_listener is not None:
             loop = asyncio.get_running_loop()
             add_listener(lambda iv_id: loop.call_soon_threadsafe(_notifier_changed, cases, iv_id))
+        runtime_policy.install()  # after start-up: what is loaded by now is never scanned again
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 import tempfile
@@ -38,14 +39,15 @@ message: "{atm_id}: on the phone, transfer {first.amount} to a new payee"
 
 def _table(results: list[dict[str, Any]]) -> str:
     lines = ["| target req/s | endpoint | achieved req/s | p50 ms | p90 ms | p99 ms | non-2xx | hold answers "
-             "| CPU ms/req: gateway | broker | load generator |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU ms/req: gateway | broker | load generator | gateway GC pause max ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         bad = sum(v for k, v in r["statuses"].items() if k not in ("200", "202"))
         lines.append(
             f"| {r['rate']:.0f} | {'POST /v1/events' if r['kind'] == 'events' else 'GET /healthz'} | {r['achieved']:.0f} | "
             f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {bad} | {r['holds'] if r['kind'] == 'events' else '-'} | "
-            f"{r['server_cpu_ms_per_req']:.2f} | {r['broker_cpu_ms_per_req']:.2f} | {r['loadgen_cpu_ms_per_req']:.2f} |"
+            f"{r['server_cpu_ms_per_req']:.2f} | {r['broker_cpu_ms_per_req']:.2f} | {r['loadgen_cpu_ms_per_req']:.2f} | "
+            f"{r.get('gc_max_ms', 0.0):.1f} |"
         )
     return "\n".join(lines)
 
@@ -119,13 +121,27 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
                     out[name] = t.user + t.system
             return out
 
+        pauses: list[float] = []  # the gateway's cycle-collector pauses (the loop stands still)
+        gc_started: list[float] = []
+
+        def on_gc(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                gc_started[:] = [time.perf_counter()]
+            elif gc_started:
+                pauses.append(time.perf_counter() - gc_started.pop())
+
+        gc.callbacks.append(on_gc)
         cpu = cpu_now()
         async for line in proc.stdout:
             r = json.loads(line)
             now_cpu = cpu_now()
             if r["kind"] == "warmup":
                 cpu = now_cpu
+                pauses.clear()
                 continue
+            r["gc_max_ms"] = max(pauses, default=0.0) * 1000
+            r["gc_total_ms"] = sum(pauses) * 1000
+            pauses.clear()
             # this process is the gateway (HTTP, advisor, publisher, follower); the pause between steps is idle
             n = max(1, r["sent"])
             r["server_cpu_ms_per_req"] = (now_cpu["server"] - cpu["server"]) * 1000 / n
@@ -136,8 +152,9 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
             print(f"  {r['kind']:8} {r['rate']:6.0f}/s for {r['seconds']:.0f}s: achieved {r['achieved']:7.1f}/s "
                   f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  CPU ms/req: server {r['server_cpu_ms_per_req']:.2f} "
                   f"broker {r['broker_cpu_ms_per_req']:.2f} loadgen {r['loadgen_cpu_ms_per_req']:.2f}  "
-                  f"statuses {r['statuses']}", flush=True)
+                  f"GC pauses max {r['gc_max_ms']:.1f} ms total {r['gc_total_ms']:.0f} ms  statuses {r['statuses']}", flush=True)
         await proc.wait()
+        gc.callbacks.remove(on_gc)
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)

@@ -10,6 +10,7 @@ omission). Prints one JSON line per step.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import sys
@@ -92,7 +93,14 @@ async def _main(cfg: dict[str, Any]) -> None:
         await _step(session, cfg, "healthz", 100, 1.0, seq)
         print(json.dumps({"kind": "warmup"}), flush=True)
         for kind, rate, seconds in cfg["steps"]:
-            result = await _step(session, cfg, kind, float(rate), float(seconds), seq)
+            # the instrument must not pause: no cycle collection while a step runs (thousands of
+            # scheduled request coroutines are alive), one between steps instead
+            gc.collect()
+            gc.disable()
+            try:
+                result = await _step(session, cfg, kind, float(rate), float(seconds), seq)
+            finally:
+                gc.enable()
             print(json.dumps(result), flush=True)
             await asyncio.sleep(0.5)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,21 +47,26 @@ def recent_receipts(sessions: sessionmaker[Session], since: datetime, limit: int
 
 
 def store_receipts(sessions: sessionmaker[Session], rows: list[tuple[Key, str | None, dict[str, Any]]]) -> None:
-    """Insert receipts; ones another process stored first are kept as they are."""
+    """Insert receipts; ones another process stored first are kept as they are.
+
+    One multi-row INSERT (executemany), not the ORM's unit of work: this runs in a thread, and
+    every bit of Python it runs holds the GIL the event loop is waiting for.
+    """
+    now = datetime.now(UTC)
+    values = [{"bank_id": k[0], "event_id": k[1], "atm_id": atm, "answer": a, "created_at": now} for k, atm, a in rows]
     with sessions() as session:
-        session.add_all([BankReceipt(bank_id=k[0], event_id=k[1], atm_id=atm, answer=a) for k, atm, a in rows])
         try:
+            session.execute(insert(BankReceipt), values)
             session.commit()
             return
         except IntegrityError:
             session.rollback()
-        for k, atm, a in rows:
-            if session.get(BankReceipt, k) is None:
-                session.add(BankReceipt(bank_id=k[0], event_id=k[1], atm_id=atm, answer=a))
-                try:
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()
+        for value in values:  # a retry raced another gateway process: keep theirs, store the rest
+            try:
+                session.execute(insert(BankReceipt), [value])
+                session.commit()
+            except IntegrityError:
+                session.rollback()
 
 
 class ReceiptWriter:
