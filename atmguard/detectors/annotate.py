@@ -12,6 +12,7 @@ from atmguard.detectors.pipeline import CameraPipeline, FrameResult
 POSE_EDGES = [(11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
               (24, 26), (26, 28), (15, 19), (16, 20), (0, 7), (0, 8), (9, 10)]
 GREEN, RED, YELLOW, CYAN, WHITE, ORANGE = (80, 200, 80), (60, 60, 230), (0, 220, 255), (230, 200, 0), (255, 255, 255), (0, 140, 255)
+GREY = (160, 160, 160)
 
 
 def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarray:
@@ -27,6 +28,14 @@ def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarra
         pts = np.array(pipe.cfg.zone, dtype=np.int32).reshape(-1, 1, 2)
         cv2.polylines(out, [pts], True, CYAN, thick)
     lm, s = res.landmarks, res.signals
+    if lm is not None:
+        for other in lm.people:  # everyone else the multi-person model found: thin grey
+            if other is lm.pose:
+                continue
+            q = other[:, :2] * k
+            for a, b in POSE_EDGES:
+                if other[a, 3] > 0.3 and other[b, 3] > 0.3:
+                    cv2.line(out, (int(q[a, 0]), int(q[a, 1])), (int(q[b, 0]), int(q[b, 1])), GREY, max(1, thick // 2))
     if lm is not None and lm.pose is not None:
         p = lm.pose[:, :2] * k
         for a, b in POSE_EDGES:
@@ -63,7 +72,10 @@ def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarra
             lines.append((f"yaw {s.yaw:+.2f} ({s.yaw_source}) rate {pipe.tracker.glances.yaw_rate:+.1f}/s", RED if s.head_away else WHITE))
         if s.iris is not None:
             lines.append((f"iris {s.iris:.2f}", RED if s.eyes_away else WHITE))
-        lines.append((f"person {'in zone' if s.in_zone else ('outside zone' if s.person else 'none')}", CYAN if s.in_zone else WHITE))
+        where = "in zone" if s.in_zone else ("outside zone" if s.person else "none")
+        if lm is not None and len(lm.people) > 1:
+            where += f" ({len(lm.people)} people in view, {pipe.choice.in_zone_count} in zone)"
+        lines.append((f"person {where}", CYAN if s.in_zone else WHITE))
     t = pipe.tracker
     active = []
     if t.present.active and t.present.started_at:

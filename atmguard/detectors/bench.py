@@ -75,16 +75,17 @@ def _warm_up(cams: list[SimCamera], fps: float) -> None:
             cam.pipe.process(Frame(img, T0 + timedelta(seconds=k / fps), k, time.monotonic()))
 
 
-def _cameras(footage: Path, busy: int, idle: int, fps: float) -> list[SimCamera]:
+def _cameras(footage: Path, busy: int, idle: int, fps: float, max_people: int = 1) -> list[SimCamera]:
     cams: list[SimCamera] = []
     for i in range(busy):
         name = BUSY[i % len(BUSY)]
-        cfg = CameraConfig(camera_id=f"busy-{i}", atm_id=f"atm-bench-{i:03d}", analysis_fps=fps)
+        cfg = CameraConfig(camera_id=f"busy-{i}", atm_id=f"atm-bench-{i:03d}", analysis_fps=fps, max_people=max_people)
         cams.append(SimCamera(name, _decode(footage / name, 150), CameraPipeline(cfg)))
     if idle:
         empty = _decode(footage / IDLE, 45)  # 0 .. 4.5 s: nobody there yet
     for j in range(idle):
-        cfg = CameraConfig(camera_id=f"idle-{j}", atm_id=f"atm-bench-{busy + j:03d}", analysis_fps=fps)
+        cfg = CameraConfig(camera_id=f"idle-{j}", atm_id=f"atm-bench-{busy + j:03d}", analysis_fps=fps,
+                           max_people=max_people)
         cams.append(SimCamera(IDLE, empty, CameraPipeline(cfg)))
     return cams
 
@@ -94,12 +95,12 @@ def _close(cams: list[SimCamera]) -> None:
         c.pipe.close()
 
 
-def overhead(footage: Path, frames_per_camera: int = 40) -> dict[str, float]:
+def overhead(footage: Path, frames_per_camera: int = 40, max_people: int = 1) -> dict[str, float]:
     """Busy cameras flat out: CPU inside the models vs the detector's own work (incl. JSON encoding, output).
 
     CPU time (not wall time) so other load on a shared machine does not blur the ratio.
     """
-    cams = _cameras(footage, 5, 0, fps=5.0)
+    cams = _cameras(footage, 5, 0, fps=5.0, max_people=max_people)
     sink = StdoutSink(jsonl=True, stream=io.StringIO())
     model_cpu = own_cpu = model_wall = 0.0
     n = facts = 0
@@ -124,7 +125,7 @@ def overhead(footage: Path, frames_per_camera: int = 40) -> dict[str, float]:
             "own_cpu_ms_per_frame": 1000 * own_cpu / n, "own_over_model": own_cpu / model_cpu}
 
 
-def cost_per_camera_second(footage: Path, fps: float, timeline_s: float = 30.0) -> dict[str, float]:
+def cost_per_camera_second(footage: Path, fps: float, timeline_s: float = 30.0, max_people: int = 1) -> dict[str, float]:
     """CPU one camera needs per second of its own timeline at `fps`: a busy camera vs an idle one.
 
     Measured flat out along the camera's timeline (frame times step by 1/fps), so the answer
@@ -132,7 +133,7 @@ def cost_per_camera_second(footage: Path, fps: float, timeline_s: float = 30.0) 
     """
     out: dict[str, float] = {}
     for kind, n_busy, n_idle in (("busy", 1, 0), ("idle", 0, 1)):
-        cams = _cameras(footage, n_busy, n_idle, fps)
+        cams = _cameras(footage, n_busy, n_idle, fps, max_people)
         cam = cams[0]
         _warm_up(cams, fps)
         n = int(timeline_s * fps)
@@ -153,9 +154,9 @@ def cost_per_camera_second(footage: Path, fps: float, timeline_s: float = 30.0) 
     return out
 
 
-def paced(footage: Path, busy: int, idle: int, fps: float, seconds: float) -> dict[str, float]:
+def paced(footage: Path, busy: int, idle: int, fps: float, seconds: float, max_people: int = 1) -> dict[str, float]:
     """Real-time run on ONE core: each camera analysed at `fps`; measures achieved rate, CPU share, lag."""
-    cams = _cameras(footage, busy, idle, fps)
+    cams = _cameras(footage, busy, idle, fps, max_people)
     _warm_up(cams, fps)
     sink = StdoutSink(jsonl=True, stream=io.StringIO())
     period = 1.0 / fps
@@ -219,8 +220,8 @@ def paced(footage: Path, busy: int, idle: int, fps: float, seconds: float) -> di
     return out
 
 
-def _flat_out(footage: str, seconds: float, start_at: float, out: Any) -> None:
-    cams = _cameras(Path(footage), 5, 0, 5.0)
+def _flat_out(footage: str, seconds: float, start_at: float, out: Any, max_people: int = 1) -> None:
+    cams = _cameras(Path(footage), 5, 0, 5.0, max_people)
     k = n = 0
     while time.time() < start_at:
         time.sleep(0.01)
@@ -235,14 +236,14 @@ def _flat_out(footage: str, seconds: float, start_at: float, out: Any) -> None:
     out.put(n / seconds)
 
 
-def scaling(footage: Path, seconds: float) -> dict[str, float]:
+def scaling(footage: Path, seconds: float, max_people: int = 1) -> dict[str, float]:
     """Frames/s flat out: one process vs two processes at once (each over 5 busy cameras)."""
     ctx = mp.get_context("spawn")
     results: dict[str, float] = {}
     for procs in (1, 2):
         q = ctx.Queue()
         start_at = time.time() + 8.0  # after imports and model loading in every process
-        ps = [ctx.Process(target=_flat_out, args=(str(footage), seconds, start_at, q)) for _ in range(procs)]
+        ps = [ctx.Process(target=_flat_out, args=(str(footage), seconds, start_at, q, max_people)) for _ in range(procs)]
         for p in ps:
             p.start()
         rates = [q.get(timeout=seconds + 120) for _ in ps]
@@ -254,28 +255,28 @@ def scaling(footage: Path, seconds: float) -> dict[str, float]:
 
 
 def run_bench(*, seconds: float = 12.0, fps: float = 5.0, json_out: Path | None = None,
-              footage: Path | None = None) -> dict[str, Any]:
-    """Run everything and print a Markdown summary."""
+              footage: Path | None = None, max_people: int = 1) -> dict[str, Any]:
+    """Run everything and print a Markdown summary (`max_people` > 1: every camera uses multi-person pose)."""
     footage = footage or default_footage()
     if not (footage / BUSY[0]).exists():
         raise SystemExit(f"footage not found in {footage} (use --footage)")
-    report: dict[str, Any] = {"load_average_at_start": os.getloadavg()}
-    report["overhead"] = overhead(footage)
-    report["camera_cost"] = cost_per_camera_second(footage, fps)
+    report: dict[str, Any] = {"load_average_at_start": os.getloadavg(), "max_people": max_people}
+    report["overhead"] = overhead(footage, max_people=max_people)
+    report["camera_cost"] = cost_per_camera_second(footage, fps, max_people=max_people)
     all_cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(all_cpus)})  # one core, MediaPipe's threads included
     try:
-        report["five_busy_one_core"] = paced(footage, 5, 0, fps, seconds)
-        report["twentyfive_fifth_busy_one_core"] = paced(footage, 5, 20, fps, seconds)
+        report["five_busy_one_core"] = paced(footage, 5, 0, fps, seconds, max_people)
+        report["twentyfive_fifth_busy_one_core"] = paced(footage, 5, 20, fps, seconds, max_people)
     finally:
         os.sched_setaffinity(0, all_cpus)
-    report["scaling"] = scaling(footage, seconds=min(seconds, 10.0))
+    report["scaling"] = scaling(footage, seconds=min(seconds, 10.0), max_people=max_people)
     report["load_average_at_end"] = os.getloadavg()
     o, a, b, s = report["overhead"], report["five_busy_one_core"], report["twentyfive_fifth_busy_one_core"], report["scaling"]
     cc = report["camera_cost"]
     lines = [
         "| measure | value |", "|---|---|",
-        f"| inference CPU (pose + face mesh + hands when needed), ms/frame (wall {o['model_wall_ms_per_frame']:.1f}) | {o['model_cpu_ms_per_frame']:.1f} |",
+        f"| inference CPU ({'single-person' if max_people == 1 else f'multi-person (max_people {max_people})'} pose + face mesh + hands when needed), ms/frame (wall {o['model_wall_ms_per_frame']:.1f}) | {o['model_cpu_ms_per_frame']:.1f} |",
         f"| detector's own work CPU (gate, resize, geometry, temporal, JSON, output), ms/frame | {o['own_cpu_ms_per_frame']:.2f} |",
         f"| **own work / inference** (target <= 10%) | **{100 * o['own_over_model']:.1f}%** |",
         f"| CPU per camera-second at {fps:g} fps: busy / idle (idle = gate + rechecks) | {cc['busy_cpu_ms_per_camera_second']:.0f} ms / {cc['idle_cpu_ms_per_camera_second']:.1f} ms |",

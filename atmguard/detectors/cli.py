@@ -45,6 +45,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         start: datetime | None = typer.Option(None, "--start", help="Time of the file's first frame, e.g. 2026-02-14T10:00:00+05:00 (default: now)."),
         zone: str | None = typer.Option(None, "--zone", help="ATM zone polygon 'x,y x,y x,y ...' in frame pixels (default: whole frame)."),
         on_phone_after: float | None = typer.Option(None, "--on-phone-after", help="Seconds of hand at the ear before on_phone (default 3)."),
+        max_people: int | None = typer.Option(None, "--max-people", min=1, max=6, help="People the pose model looks for (default: the camera's max_people, 1 = single-person model; 2+ = multi-person, the one in the zone is followed)."),
         snapshots: Path | None = typer.Option(None, "--snapshots", help="Save a JPEG per on_phone/looking_around fact in this folder."),
         processes: int = typer.Option(1, "--processes", min=1, help="Worker processes for several cameras (one per core)."),
         realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own rate, as a live camera would."),
@@ -95,6 +96,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             updates["analysis_fps"] = fps
         if zone is not None:
             updates["zone"] = _parse_zone(zone)
+        if max_people is not None:
+            updates["max_people"] = max_people
         if camera_id and camera:
             updates["camera_id"] = camera_id
         new: list[CameraConfig] = []
@@ -148,11 +151,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fps: float = typer.Option(5.0, "--fps", help="Analysed frames per second per camera."),
         json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
         footage: Path | None = typer.Option(None, "--footage", help="Folder of the real footage (default ../shared/footage)."),
+        max_people: int = typer.Option(1, "--max-people", min=1, max=6, help="Every simulated camera's max_people (1 = single-person pose; 2+ = multi-person)."),
     ) -> None:
         """Detector overhead vs inference, gating (5 busy / 25 cameras on one core), frame->fact lag, 2-process scaling."""
         from atmguard.detectors.bench import run_bench
 
-        run_bench(seconds=seconds, fps=fps, json_out=json_out, footage=footage)
+        run_bench(seconds=seconds, fps=fps, json_out=json_out, footage=footage, max_people=max_people)
 
 
 def _detect_one(cfg: object, sink: object, *, start: datetime | None, show: bool, annotate: Path | None,

@@ -1,6 +1,8 @@
 """MediaPipe models (legacy `mp.solutions`, models inside the 0.10.21 wheel) -> landmarks in pixels.
 
-Only `Pose(model_complexity=1)` works offline (lite/heavy would be downloaded). Face mesh's
+Only `Pose(model_complexity=1)` works offline (lite/heavy would be downloaded). It is single-person;
+with `max_people > 1` a Tasks `PoseLandmarker` built from the same bundled models (pose_bundle.py)
+finds everyone and the caller's `select` picks the person to follow (people.py). Face mesh's
 short-range face detector misses faces narrower than about 11% of the frame, so when the face
 is small (or not found) it runs on a head crop cut around pose points 0..10. Hands run only
 when asked (a hand-at-ear candidate needs confirming, or pose found nobody but a face is there).
@@ -37,7 +39,8 @@ class Landmarks:
 
     width: int
     height: int
-    pose: np.ndarray | None = None  # (33, 4): x, y, z (unused), visibility
+    pose: np.ndarray | None = None  # (33, 4): x, y, z (unused), visibility; the person followed
+    people: list[np.ndarray] = field(default_factory=list)  # every pose found, each (33, 4); `pose` is one of them
     face: np.ndarray | None = None  # (478, 2)
     hands: list[np.ndarray] = field(default_factory=list)  # each (21, 2)
     face_from_crop: bool = False
@@ -75,25 +78,78 @@ def _to_rgb(image_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
 
 
+# Tasks associates last frame's people with new detections by box overlap (IoU) above
+# min_tracking_confidence: at 0.5 two people standing side by side (the two-men clip) merge into
+# one, at 0.9 one person is kept twice; 0.7 kept both men and few repeats (people.dedupe drops those)
+TRACK_IOU = 0.7
+
+
+class MultiPose:
+    """Tasks PoseLandmarker (up to `max_people`) on the bundle built from the wheel's models.
+
+    Video mode tracks people from frame to frame and runs the person detector whenever fewer
+    than `max_people` are tracked (so, with one person in view, on every frame: that is its cost).
+    The Tasks graph does no landmark smoothing: timestamps only order the frames.
+    """
+
+    def __init__(self, max_people: int, *, static: bool = False) -> None:
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        from atmguard.detectors.pose_bundle import pose_bundle
+
+        self.static = static
+        mode = vision.RunningMode.IMAGE if static else vision.RunningMode.VIDEO
+        opts = vision.PoseLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(pose_bundle())), running_mode=mode,
+            num_poses=max_people, min_pose_detection_confidence=0.5, min_pose_presence_confidence=0.5,
+            min_tracking_confidence=TRACK_IOU,
+        )
+        self._task: Any = vision.PoseLandmarker.create_from_options(opts)
+        self._ts_ms = 0
+
+    def detect(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """Every pose in the image, each (33, 4): x, y normalised to [0, 1], z, visibility."""
+        import mediapipe as mp
+
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        if self.static:
+            res = self._task.detect(image)
+        else:
+            self._ts_ms += 1
+            res = self._task.detect_for_video(image, self._ts_ms)
+        return [np.array([(p.x, p.y, p.z, p.visibility or 0.0) for p in pose], dtype=np.float64)
+                for pose in res.pose_landmarks]
+
+    def close(self) -> None:
+        self._task.close()
+
+
 class LandmarkModels:
     """Pose + face mesh (iris) + hands for one camera (tracking state is per stream).
 
-    `static=True` is for still photographs (every call detects afresh).
+    `static=True` is for still photographs (every call detects afresh). `max_people=1` runs the
+    legacy single-person Pose; more runs `MultiPose` and needs a `select` in `process`.
     """
 
     def __init__(self, *, static: bool = False, face_crop_below: float = 0.16, use_hands: bool = True,
-                 hands_complexity: int = 0) -> None:
+                 hands_complexity: int = 0, max_people: int = 1) -> None:
         import mediapipe as mp
 
         self.static = static
         self.face_crop_below = face_crop_below
         self.use_hands = use_hands
         self.hands_complexity = hands_complexity
+        self.max_people = max_people
         sol: Any = mp.solutions
-        self._pose = sol.pose.Pose(
-            static_image_mode=static, model_complexity=1, smooth_landmarks=not static,
-            min_detection_confidence=0.5, min_tracking_confidence=0.5,
-        )
+        self._pose: Any = None
+        self._multi: MultiPose | None = None
+        if max_people > 1:
+            self._multi = MultiPose(max_people, static=static)
+        else:
+            self._pose = sol.pose.Pose(
+                static_image_mode=static, model_complexity=1, smooth_landmarks=not static,
+                min_detection_confidence=0.5, min_tracking_confidence=0.5,
+            )
         # two face meshes: one sees whole frames, one sees head crops (their tracking states differ)
         self._face = sol.face_mesh.FaceMesh(
             static_image_mode=static, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5,
@@ -106,7 +162,7 @@ class LandmarkModels:
 
     def close(self) -> None:
         """Release the MediaPipe graphs."""
-        for m in (self._pose, self._face, self._face_crop, self._hands):
+        for m in (self._pose, self._multi, self._face, self._face_crop, self._hands):
             if m is not None:
                 m.close()
 
@@ -117,15 +173,25 @@ class LandmarkModels:
         self.close()
 
     # -- models -------------------------------------------------------------------------------
+    @property
+    def multi(self) -> bool:
+        """Several people are looked for (and one must be selected)."""
+        return self._multi is not None
+
     def pose(self, rgb: np.ndarray, lm: Landmarks) -> None:
+        """Every person into `lm.people`; `lm.pose` = the first (the only one, single-person)."""
         with _Timer(lm, "pose"):
-            res = self._pose.process(rgb)
-        if res.pose_landmarks is None:
-            return
-        arr = np.array([(p.x, p.y, p.z, p.visibility) for p in res.pose_landmarks.landmark], dtype=np.float64)
-        arr[:, 0] *= lm.width
-        arr[:, 1] *= lm.height
-        lm.pose = arr
+            if self._multi is not None:
+                found = self._multi.detect(rgb)
+            else:
+                res = self._pose.process(rgb)
+                found = [] if res.pose_landmarks is None else [np.array(
+                    [(p.x, p.y, p.z, p.visibility) for p in res.pose_landmarks.landmark], dtype=np.float64)]
+        for arr in found:
+            arr[:, 0] *= lm.width
+            arr[:, 1] *= lm.height
+        lm.people = found
+        lm.pose = found[0] if found else None
 
     def face(self, rgb: np.ndarray, lm: Landmarks) -> None:
         """Face mesh on the whole frame, or on a head crop from pose when the head is small."""
@@ -140,9 +206,14 @@ class LandmarkModels:
             lm.face_from_crop = lm.face is not None
         else:
             res = self._face.process(rgb)
+            face = None
             if res.multi_face_landmarks:
                 pts = res.multi_face_landmarks[0].landmark
-                lm.face = np.array([(p.x * lm.width, p.y * lm.height) for p in pts], dtype=np.float64)
+                face = np.array([(p.x * lm.width, p.y * lm.height) for p in pts], dtype=np.float64)
+                if not _face_of_followed(face, lm, box):
+                    face = None  # the whole-frame mesh tracks someone else's face: look at this person's head
+            if face is not None:
+                lm.face = face
             elif box is not None:
                 lm.face = self._face_on_crop(rgb, box, lm)
                 lm.face_from_crop = lm.face is not None
@@ -166,13 +237,17 @@ class LandmarkModels:
                 ))
         lm.hands = found
 
-    def process(self, image_bgr: np.ndarray, *, face_if: Callable[[Landmarks], bool] | None = None) -> Landmarks:
-        """Pose, then face mesh (unless `face_if(landmarks)` says no); hands run through `hands()` when needed."""
+    def process(self, image_bgr: np.ndarray, *, face_if: Callable[[Landmarks], bool] | None = None,
+                select: Callable[[Landmarks], None] | None = None) -> Landmarks:
+        """Pose, `select` (sets `lm.pose` to the person to follow among `lm.people`), then face mesh
+        (unless `face_if(landmarks)` says no); hands run through `hands()` when needed."""
         h, w = image_bgr.shape[:2]
         lm = Landmarks(width=w, height=h)
         rgb = _to_rgb(image_bgr)
         self._last_rgb = rgb
         self.pose(rgb, lm)
+        if select is not None:
+            select(lm)
         if face_if is None or face_if(lm):
             self.face(rgb, lm)
         return lm
@@ -207,6 +282,18 @@ class LandmarkModels:
             return None
         pts = res.multi_face_landmarks[0].landmark
         return np.array([(x0 + p.x * (x1 - x0), y0 + p.y * (y1 - y0)) for p in pts], dtype=np.float64)
+
+
+def _face_of_followed(face: np.ndarray, lm: Landmarks, box: tuple[int, int, int, int] | None) -> bool:
+    """With several people in view, a whole-frame face belongs to the followed person only when its
+    nose tip is inside their head box and nearer their pose nose than anyone else's."""
+    if lm.pose is None or len(lm.people) < 2:
+        return True
+    tip = face[FM_NOSE_TIP]
+    if box is not None and not (box[0] <= tip[0] <= box[2] and box[1] <= tip[1] <= box[3]):
+        return False
+    dists = [float(np.hypot(*(p[NOSE, :2] - tip))) for p in lm.people]
+    return float(np.hypot(*(lm.pose[NOSE, :2] - tip))) <= min(dists)
 
 
 def expand_box(

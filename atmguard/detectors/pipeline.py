@@ -18,6 +18,7 @@ from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.gating import MotionGate
 from atmguard.detectors.landmarks import LandmarkModels, Landmarks
 from atmguard.detectors.metrics import DetectorMetrics, default_metrics
+from atmguard.detectors.people import Choice, PersonSelector, dedupe
 from atmguard.detectors.signals import FrameSignals, compute, hands_box, pose_plausible, wants_hands
 from atmguard.detectors.snapshots import SnapshotStore
 from atmguard.detectors.sources import Frame, FrameSource, LiveSource, VideoFileSource, open_source
@@ -48,8 +49,11 @@ class CameraPipeline:
                  metrics: DetectorMetrics | None = None, static: bool = False) -> None:
         self.cfg = cfg
         self.models = models or LandmarkModels(static=static, use_hands=cfg.use_hands,
-                                              hands_complexity=cfg.hands_model_complexity)
+                                              hands_complexity=cfg.hands_model_complexity,
+                                              max_people=cfg.max_people)
         self._own_models = models is None
+        self.selector = PersonSelector(cfg.zone)
+        self.choice = Choice()
         self.metrics = metrics or default_metrics()
         self.gate = MotionGate(cfg.gating, cfg.zone)
         self.tracker = BehaviourTracker(cfg.atm_id, cfg.camera_id, cfg.thresholds)
@@ -80,17 +84,33 @@ class CameraPipeline:
         `reuse_hands`: hand landmarks of the previous frame to use instead of running the hands model.
         """
         img, scale = self._prepare(image)
-        lm = self.models.process(img, face_if=_face_worth_running)
+        if self.models.multi:
+            lm = self.models.process(img, face_if=self._face_if, select=lambda lm: self._select(lm, scale))
+        else:
+            lm = self.models.process(img, face_if=_face_worth_running)
         sig = compute(lm, self.cfg.thresholds, self.cfg.zone, scale)
         # the hands model only adds a cue: skip it when pose already shows the hand at the ear,
-        # or when no hand is anywhere near the head (most frames)
-        if self.cfg.use_hands and sig.person and not sig.hand.pose and wants_hands(lm, self.cfg.thresholds):
+        # or when no hand is anywhere near the head (most frames), or the person is outside the zone
+        if self.cfg.use_hands and sig.person and sig.in_zone and not sig.hand.pose \
+                and wants_hands(lm, self.cfg.thresholds):
             if reuse_hands is not None:
                 lm.hands = reuse_hands
             else:
                 self.models.hands(self.models.last_rgb(), lm, hands_box(lm))
             sig = compute(lm, self.cfg.thresholds, self.cfg.zone, scale)
         return lm, sig, scale
+
+    def _select(self, lm: Landmarks, scale: float) -> None:
+        """Several people: follow the one in the zone nearest the camera (people.py)."""
+        lm.people = dedupe(lm.people)
+        self.choice = self.selector.choose(lm.people, lm.width, lm.height, scale)
+        lm.pose = lm.people[self.choice.index] if self.choice.index is not None else None
+
+    def _face_if(self, lm: Landmarks) -> bool:
+        """Multi-person: face mesh only for a person in the zone (or when pose found nobody: a close-up)."""
+        if not lm.people:
+            return True
+        return self.choice.in_zone and _face_worth_running(lm)
 
     def process(self, frame: Frame) -> FrameResult:
         """One frame -> the facts it causes; the models run only when the gate says so."""

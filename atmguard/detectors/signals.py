@@ -17,6 +17,7 @@ from atmguard.detectors.landmarks import Landmarks, expand_box
 HAND_POINTS = {"left": (L.L_WRIST, L.L_PINKY, L.L_INDEX, L.L_THUMB), "right": (L.R_WRIST, L.R_PINKY, L.R_INDEX, L.R_THUMB)}
 ARM = {"left": (L.L_SHOULDER, L.L_ELBOW, L.L_WRIST, L.L_EAR), "right": (L.R_SHOULDER, L.R_ELBOW, L.R_WRIST, L.R_EAR)}
 ANCHORS = (L.L_HIP, L.R_HIP, L.L_ANKLE, L.R_ANKLE, L.L_HEEL, L.R_HEEL)
+TORSO = (L.L_SHOULDER, L.R_SHOULDER, L.L_HIP, L.R_HIP)
 
 Point = tuple[float, float]
 
@@ -217,10 +218,24 @@ def anchor_points(lm: Landmarks, min_vis: float = 0.5) -> list[Point]:
             return pts
         vis = pose[(pose[:, 3] >= min_vis) & (pose[:, 1] < lm.height) & (pose[:, 1] >= 0)]
         if len(vis):
-            return [(float(vis[:, 0].mean()), float(min(vis[:, 1].max(), lm.height - 1)))]
+            # centred on the visible torso (shoulders, hips): a raised arm must not carry a person into the zone
+            torso = pose[list(TORSO)]
+            torso = torso[torso[:, 3] >= min_vis]
+            x = float(torso[:, 0].mean()) if len(torso) else float(vis[:, 0].mean())
+            return [(x, float(min(vis[:, 1].max(), lm.height - 1)))]
     if lm.face is not None:
         return [(float(lm.face[:, 0].mean()), float(min(lm.face[:, 1].max(), lm.height - 1)))]
     return []
+
+
+def zone_test(anchors: list[Point], zone: list[tuple[float, float]] | None, scale: float = 1.0) -> tuple[bool, Point | None]:
+    """(in the zone?, the anchor point to show): any anchor inside counts; no zone = the whole frame."""
+    if zone is None:
+        return True, anchors[0] if anchors else None
+    zpts = [(x * scale, y * scale) for x, y in zone]
+    inside = [p for p in anchors if point_in_polygon(p, zpts)]
+    first = inside or anchors
+    return bool(inside), first[0] if first else None
 
 
 def compute(lm: Landmarks, thr: Thresholds, zone: list[tuple[float, float]] | None, scale: float = 1.0) -> FrameSignals:
@@ -230,16 +245,7 @@ def compute(lm: Landmarks, thr: Thresholds, zone: list[tuple[float, float]] | No
     s.person = pose is not None or lm.face is not None
     if not s.person:
         return s
-    anchors = anchor_points(Landmarks(lm.width, lm.height, pose=pose, face=lm.face))
-    if zone is None:
-        s.in_zone = True
-        s.anchor = anchors[0] if anchors else None
-    else:
-        zpts = [(x * scale, y * scale) for x, y in zone]
-        inside = [p for p in anchors if point_in_polygon(p, zpts)]
-        s.in_zone = bool(inside)
-        first = inside or anchors
-        s.anchor = first[0] if first else None
+    s.in_zone, s.anchor = zone_test(anchor_points(Landmarks(lm.width, lm.height, pose=pose, face=lm.face)), zone, scale)
     if pose is not None:
         s.hand = pose_hand_at_ear(pose, thr)
     if lm.face is not None and lm.hands:

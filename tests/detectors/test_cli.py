@@ -16,10 +16,10 @@ from tests.detectors.conftest import footage
 ATMGUARD = [sys.executable, "-m", "atmguard.cli"]
 
 
-def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     code = "from atmguard.cli import main; main()"
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), **(env or {})})
 
 
 def test_detect_source_jsonl_prints_only_facts() -> None:
@@ -59,6 +59,22 @@ def test_detect_camera_from_config_with_annotation_and_snapshots(tmp_path: Path)
     ok, frame = cap.read()
     cap.release()
     assert ok and frame.shape[:2] == (270, 480) and n >= 15
+
+
+def test_detect_max_people_follows_the_person_in_the_zone(tmp_path: Path) -> None:
+    # a woman (left) and a man (right); the zone is her side: the single-person model follows the man
+    args = ("detect", "--source", str(footage("b_intel_headpose_roll_pair.gif")), "--atm-id", "atm-zhez-003",
+            "--zone", "0,150 240,150 240,270 0,270", "--jsonl")
+    env = {"ATMGUARD_MODEL_CACHE": str(tmp_path / "models")}
+    single = run(*args, env=env)
+    multi = run(*args, "--max-people", "2", env=env)
+    assert single.returncode == 0 and multi.returncode == 0, (single.stderr[-2000:], multi.stderr[-2000:])
+    assert not single.stdout.strip()
+    facts = [BehaviorFact.model_validate_json(line) for line in multi.stdout.splitlines()]
+    assert any(f.behavior == "present" for f in facts)
+    assert list((tmp_path / "models").glob("pose_landmarker_full-*.task"))  # the bundle went where it was told
+    bad = run(*args, "--max-people", "0", env=env)
+    assert bad.returncode == 2 and "--max-people" in bad.stderr
 
 
 def test_detect_errors_say_what_is_wrong() -> None:

@@ -15,6 +15,8 @@ def test_example_cameras_load(repo: Path) -> None:
     assert cams and all(c.atm_id.startswith("atm-zhez-") for c in cams.values())
     hall = cams["cam-zhez-003-hall"]
     assert hall.zone and len(hall.zone) >= 3 and hall.analysis_fps == 5
+    assert hall.max_people == 2  # passers-by share the corridor
+    assert cams["cam-zhez-001-front"].max_people == 1  # the default: the single-person model
     assert any(c.source.startswith("rtsp://") for c in cams.values())
 
 
@@ -53,3 +55,12 @@ def test_duplicate_camera_and_bad_yaml(tmp_path: Path) -> None:
     (tmp_path / "cameras.yaml").write_text("cameras:\n  - camera_id: [c1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_cameras(tmp_path)
+
+
+def test_max_people_is_bounded(tmp_path: Path) -> None:
+    (tmp_path / "cameras.yaml").write_text(
+        "cameras:\n  - camera_id: c1\n    atm_id: a\n    zone: [[0, 0], [9, 0], [9, 9]]\n    max_people: 0\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_cameras(tmp_path)
+    assert err.value.field == "cameras.0.max_people" and err.value.path is not None and err.value.path.endswith(":5")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from atmguard.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig, Thresholds
 from atmguard.detectors.pipeline import iter_facts, iter_results
@@ -17,9 +19,14 @@ def of(facts: list[BehaviorFact], behavior: str) -> list[BehaviorFact]:
     return [f for f in facts if f.behavior == behavior]
 
 
-def test_landline_call_starts_on_phone_after_the_minimum_duration() -> None:
+# the main behaviours hold with the single-person model (max_people 1, the default) and the multi-person one
+BOTH_MODELS = pytest.mark.parametrize("max_people", [1, 2])
+
+
+@BOTH_MODELS
+def test_landline_call_starts_on_phone_after_the_minimum_duration(max_people: int) -> None:
     # 176x144 source, upscaled to 640 wide by default (min_width)
-    facts = facts_of("a_suzie_landline_phone_at_ear.mp4")
+    facts = facts_of("a_suzie_landline_phone_at_ear.mp4", max_people=max_people)
     phone = of(facts, "on_phone")
     assert phone, facts
     start = phone[0]
@@ -39,12 +46,13 @@ def test_minimum_call_duration_is_configurable() -> None:
     assert 1.0 <= first.duration_s < 2.0
 
 
-def test_hard_negatives_are_not_on_phone() -> None:
+@BOTH_MODELS
+def test_hard_negatives_are_not_on_phone(max_people: int) -> None:
     # facing the camera, eating, hand at the chin, smoking / phone held in front, photographing
     for name in ("c_akiyo_frontal.mp4", "c_intel_frontal_male.gif", "c_intel_asl_eat_hand_to_mouth.mkv",
                  "c_intel_asl_thanks_hand_at_chin.mkv", "c_ppdet_smoking_and_phone_in_front_cctv.gif",
                  "c_pexels3252428_phone_held_in_front_two_men.mp4"):
-        facts = facts_of(name, analysis_fps=4, thresholds=Thresholds(on_phone_after_s=1.0))
+        facts = facts_of(name, analysis_fps=4, thresholds=Thresholds(on_phone_after_s=1.0), max_people=max_people)
         assert of(facts, "present"), name  # someone was there ...
         assert not of(facts, "on_phone"), (name, of(facts, "on_phone"))  # ... not on the phone, even at a 1 s minimum
 
@@ -73,13 +81,14 @@ def test_head_roll_is_not_looking_around() -> None:
     assert not any(f.behavior == "looking_around" for r in results for f in r.facts)
 
 
-def test_presence_counts_only_inside_the_zone() -> None:
+@BOTH_MODELS
+def test_presence_counts_only_inside_the_zone(max_people: int) -> None:
     name = "d_hall_monitor_cctv_corridor.mp4"  # 176x144 CCTV corridor
-    inside = facts_of(name, zone=[(20, 80), (95, 80), (95, 112), (20, 112)])  # where the man leaves the bag
+    inside = facts_of(name, zone=[(20, 80), (95, 80), (95, 112), (20, 112)], max_people=max_people)  # where the man leaves the bag
     present = of(inside, "present")
     assert present and present[-1].ended
     assert (present[0].ts - T0).total_seconds() < 3.0
-    nowhere = facts_of(name, zone=[(0, 115), (40, 115), (40, 144), (0, 144)])  # a corner nobody walks into
+    nowhere = facts_of(name, zone=[(0, 115), (40, 115), (40, 144), (0, 144)], max_people=max_people)  # a corner nobody walks into
     assert not nowhere
 
 
