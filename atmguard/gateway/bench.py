@@ -39,14 +39,15 @@ message: "{atm_id}: on the phone, transfer {first.amount} to a new payee"
 
 def _table(results: list[dict[str, Any]]) -> str:
     lines = ["| target req/s | endpoint | achieved req/s | p50 ms | p90 ms | p99 ms | non-2xx | hold answers "
-             "| CPU ms/req: gateway | broker | load generator | gateway GC pause max ms |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU ms/req: gateway | broker | engine | load generator | gateway GC pause max ms |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         bad = sum(v for k, v in r["statuses"].items() if k not in ("200", "202"))
         lines.append(
             f"| {r['rate']:.0f} | {'POST /v1/events' if r['kind'] == 'events' else 'GET /healthz'} | {r['achieved']:.0f} | "
             f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {bad} | {r['holds'] if r['kind'] == 'events' else '-'} | "
-            f"{r['server_cpu_ms_per_req']:.2f} | {r['broker_cpu_ms_per_req']:.2f} | {r['loadgen_cpu_ms_per_req']:.2f} | "
+            f"{r['server_cpu_ms_per_req']:.2f} | {r['broker_cpu_ms_per_req']:.2f} | {r.get('engine_cpu_ms_per_req', 0.0):.2f} | "
+            f"{r['loadgen_cpu_ms_per_req']:.2f} | "
             f"{r.get('gc_max_ms', 0.0):.1f} |"
         )
     return "\n".join(lines)
@@ -61,7 +62,7 @@ def _bend(results: list[dict[str, Any]], kind: str) -> str:
     return f"no bend up to {prev:.0f} req/s" if prev else "no data"
 
 
-async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) -> list[dict[str, Any]]:
+async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float, with_engine: bool) -> list[dict[str, Any]]:
     import uvicorn
 
     from atmguard.contracts import BehaviorFact
@@ -78,6 +79,14 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
     with EmbeddedBroker(port=0, data_dir=tmp / "broker") as broker:
         publisher = EventPublisher(broker.bootstrap, settings)
         await publisher.start(strict=True)
+        worker = None
+        if with_engine:  # the rest of the embedded stack: an engine worker consuming the same topics
+            from atmguard.stream.bench import spawn_worker, wait_ready
+            from atmguard.stream.topics import ensure_topics
+
+            await ensure_topics(broker.bootstrap, settings)
+            worker = spawn_worker(broker, tmp / "rules", tmp, "engine")
+            await asyncio.to_thread(wait_ready, [worker], settings.partitions)
         app = create_app(
             settings, publisher=publisher, bootstrap=broker.bootstrap,
             config=GatewaySettings(rate_per_s=1e6, rate_burst=1_000_000),
@@ -112,6 +121,8 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
         import psutil
 
         others = {"broker": psutil.Process(broker.pid), "loadgen": psutil.Process(proc.pid)}
+        if worker is not None:
+            others["engine"] = psutil.Process(worker.proc.pid)
 
         def cpu_now() -> dict[str, float]:
             out = {"server": time.process_time()}
@@ -147,11 +158,12 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
             r["server_cpu_ms_per_req"] = (now_cpu["server"] - cpu["server"]) * 1000 / n
             r["broker_cpu_ms_per_req"] = (now_cpu.get("broker", 0) - cpu.get("broker", 0)) * 1000 / n
             r["loadgen_cpu_ms_per_req"] = (now_cpu.get("loadgen", 0) - cpu.get("loadgen", 0)) * 1000 / n
+            r["engine_cpu_ms_per_req"] = (now_cpu.get("engine", 0) - cpu.get("engine", 0)) * 1000 / n
             cpu = now_cpu
             results.append(r)
             print(f"  {r['kind']:8} {r['rate']:6.0f}/s for {r['seconds']:.0f}s: achieved {r['achieved']:7.1f}/s "
                   f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  CPU ms/req: server {r['server_cpu_ms_per_req']:.2f} "
-                  f"broker {r['broker_cpu_ms_per_req']:.2f} loadgen {r['loadgen_cpu_ms_per_req']:.2f}  "
+                  f"broker {r['broker_cpu_ms_per_req']:.2f} engine {r['engine_cpu_ms_per_req']:.2f} loadgen {r['loadgen_cpu_ms_per_req']:.2f}  "
                   f"GC pauses max {r['gc_max_ms']:.1f} ms total {r['gc_total_ms']:.0f} ms  statuses {r['statuses']}", flush=True)
         await proc.wait()
         gc.callbacks.remove(on_gc)
@@ -159,16 +171,20 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float) ->
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 10)
         await publisher.stop()
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
     return results
 
 
-def run_bench(rates: list[int], seconds: float, atms: int, out: Path | None, sustain_s: float = 20.0) -> None:
+def run_bench(rates: list[int], seconds: float, atms: int, out: Path | None, sustain_s: float = 20.0,
+              with_engine: bool = True) -> None:
     """Run the curve, print a markdown table and where it bends."""
     import os
 
     started = time.time()
-    print(f"atmguard bench gateway: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
-    results = asyncio.run(_run(rates, seconds, atms, sustain_s))
+    print(f"atmguard bench gateway: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start, "
+          f"engine worker {'on' if with_engine else 'off'}", flush=True)
+    results = asyncio.run(_run(rates, seconds, atms, sustain_s, with_engine))
     print()
     print(_table(results))
     print()

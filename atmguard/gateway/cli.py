@@ -166,8 +166,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seconds: float = typer.Option(5.0, "--seconds", help="Duration of each step."),
         atms: int = typer.Option(200, "--atms", help="ATMs the events spread over."),
         out: Path | None = typer.Option(None, "--json", help="Also write the results as JSON here."),
+        engine: bool = typer.Option(True, "--engine/--no-engine",
+                                    help="Run an engine worker on the same broker, as `atmguard up` does."),
+        sustain: float = typer.Option(20.0, "--sustain", help="Seconds of the final 500 events/s step (0: skip)."),
     ) -> None:
         """Signed bank events/s with hold advice against the embedded stack, vs. /healthz in the same run."""
         from atmguard.gateway.bench import run_bench
 
-        run_bench([int(r) for r in rates.split(",") if r.strip()], seconds, atms, out)
+        run_bench([int(r) for r in rates.split(",") if r.strip()], seconds, atms, out, sustain_s=sustain,
+                  with_engine=engine)

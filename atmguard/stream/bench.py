@@ -256,7 +256,8 @@ async def _backlog(broker: EmbeddedBroker, settings: Settings, atms: int, n_fact
     return time.monotonic() - t0
 
 
-def _wait_ready(workers: list[Worker], partitions: int, timeout: float = 60) -> None:
+def wait_ready(workers: list[Worker], partitions: int, timeout: float = 60) -> None:
+    """Block until the workers hold every partition between them (a settled group)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         parts = [w.partitions() for w in workers]
@@ -294,7 +295,7 @@ def _throughput(k: int, rules: Path, workdir: Path, atms: int, n_facts: int, n_b
         asyncio.run(ensure_topics(broker.bootstrap, settings))
         workers = [spawn_worker(broker, rules, workdir, f"tp{k}-{i}") for i in range(k)]
         try:
-            _wait_ready(workers, settings.partitions)
+            wait_ready(workers, settings.partitions)
             total = n_facts + n_bank
             pids = [w.proc.pid for w in workers]
             cpu0 = _cpu_s(pids)
@@ -331,7 +332,7 @@ def run_bench(*, atms: int, fact_rate: float, bank_rate: float, seconds: float, 
             asyncio.run(ensure_topics(broker.bootstrap, settings))
             worker = spawn_worker(broker, rules, workdir, "latency")
             try:
-                _wait_ready([worker], settings.partitions)
+                wait_ready([worker], settings.partitions)
                 say(f"latency under load: {atms} ATMs x {fact_rate:g}/s + {bank_rate:g} bank/s for {seconds:.0f} s")
                 lat = asyncio.run(_latency_phase(broker, settings, worker, atms, fact_rate, bank_rate, seconds))
             finally:
