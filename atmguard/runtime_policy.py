@@ -20,11 +20,13 @@ The policy: after start-up, collect once and `gc.freeze()` what is left (never s
 then every `freeze_every_s` run a young collection (cheap: only objects since the last one) and
 freeze the survivors too, so long-lived state leaves the scanned generations before it grows.
 Frozen objects are still freed by reference counting when the rules drop them; only garbage in
-a reference *cycle* that was alive at a freeze is never reclaimed. `full_every_s` (default one
-hour, 0 = never) unfreezes and runs a full collection to reclaim that; its pause is reported in
-`atmguard_gc_pause_seconds` like every other collection.
+a reference *cycle* that was alive at a freeze is never reclaimed. `atmguard bench gateway` runs
+a full collection after every step and found none (0 objects after each of 15 steps, 32,000
+requests through uvicorn, aiokafka, the advisor and the follower), so the periodic full
+collection that would reclaim such cycles is off by default: `full_every_s` (0 = never) turns it
+on; its pause (the whole heap, 0.1 to 2 s) is reported in `atmguard_gc_pause_seconds`.
 
-Tunable by environment: ATMGUARD_GIL_SWITCH_S (0.0005), ATMGUARD_GC_FREEZE_S (1; 0 turns the policy off), ATMGUARD_GC_FULL_S (3600).
+Tunable by environment: ATMGUARD_GIL_SWITCH_S (0.0005), ATMGUARD_GC_FREEZE_S (1; 0 turns the policy off), ATMGUARD_GC_FULL_S (0: never).
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def install(*, freeze_every_s: float | None = None, full_every_s: float | None =
     if 0 < switch < sys.getswitchinterval():
         sys.setswitchinterval(switch)
     every = _env_float("ATMGUARD_GC_FREEZE_S", 1.0) if freeze_every_s is None else freeze_every_s
-    full = _env_float("ATMGUARD_GC_FULL_S", 3600.0) if full_every_s is None else full_every_s
+    full = _env_float("ATMGUARD_GC_FULL_S", 0.0) if full_every_s is None else full_every_s
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
     if every <= 0:

@@ -65,6 +65,7 @@ def _bend(results: list[dict[str, Any]], kind: str) -> str:
 async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float, with_engine: bool) -> list[dict[str, Any]]:
     import uvicorn
 
+    from atmguard import runtime_policy
     from atmguard.contracts import BehaviorFact
     from atmguard.gateway.app import create_app
     from atmguard.gateway.config import GatewaySettings
@@ -152,6 +153,9 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float, wi
                 continue
             r["gc_max_ms"] = max(pauses, default=0.0) * 1000
             r["gc_total_ms"] = sum(pauses) * 1000
+            # between steps (the load generator pauses): how much cyclic garbage the freezing kept
+            # from the collector during the step, i.e. what ATMGUARD_GC_FULL_S would reclaim
+            r["gc_cycles_kept"] = runtime_policy.full_collection()
             pauses.clear()
             # this process is the gateway (HTTP, advisor, publisher, follower); the pause between steps is idle
             n = max(1, r["sent"])
@@ -164,7 +168,7 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float, wi
             print(f"  {r['kind']:8} {r['rate']:6.0f}/s for {r['seconds']:.0f}s: achieved {r['achieved']:7.1f}/s "
                   f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:7.1f} ms  CPU ms/req: server {r['server_cpu_ms_per_req']:.2f} "
                   f"broker {r['broker_cpu_ms_per_req']:.2f} engine {r['engine_cpu_ms_per_req']:.2f} loadgen {r['loadgen_cpu_ms_per_req']:.2f}  "
-                  f"GC pauses max {r['gc_max_ms']:.1f} ms total {r['gc_total_ms']:.0f} ms  statuses {r['statuses']}", flush=True)
+                  f"GC pauses max {r['gc_max_ms']:.1f} ms total {r['gc_total_ms']:.0f} ms, cycles kept {r['gc_cycles_kept']}  statuses {r['statuses']}", flush=True)
         await proc.wait()
         gc.callbacks.remove(on_gc)
         server.should_exit = True
