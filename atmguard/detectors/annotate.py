@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from atmguard.detectors import landmarks as L
 from atmguard.detectors.pipeline import CameraPipeline, FrameResult
+
+if TYPE_CHECKING:
+    from atmguard.detectors.show import MjpegServer
 
 POSE_EDGES = [(11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
               (24, 26), (26, 28), (15, 19), (16, 20), (0, 7), (0, 8), (9, 10)]
@@ -74,7 +81,8 @@ def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarra
             lines.append((f"iris {s.iris:.2f}", RED if s.eyes_away else WHITE))
         where = "in zone" if s.in_zone else ("outside zone" if s.person else "none")
         if lm is not None and len(lm.people) > 1:
-            where += f" ({len(lm.people)} people in view, {pipe.choice.in_zone_count} in zone)"
+            seen = "in view" if lm.scanned else "in view at the last scan"  # between scans others are as last seen
+            where += f" ({len(lm.people)} people {seen}, {pipe.choice.in_zone_count} in zone)"
         lines.append((f"person {where}", CYAN if s.in_zone else WHITE))
     t = pipe.tracker
     active = []
@@ -96,11 +104,33 @@ def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarra
 
 
 class Annotator:
-    """Writes annotated frames to a video file (`--annotate OUT.mp4`) and/or a window (`--show`)."""
+    """Writes annotated frames to a video file (`--annotate OUT.mp4`) and/or shows them (`--show`).
 
-    def __init__(self, out: Path | None = None, *, show: bool = False, fps: float = 5.0) -> None:
+    `--show` opens a window when OpenCV has a GUI and there is a display; otherwise (the headless
+    OpenCV this project installs, a box without a screen) it serves them as an MJPEG stream on
+    127.0.0.1:`show_port` (0 = a free port) and calls `announce(url)`. `pace=True` plays a file at
+    its own rate (frame times), so a viewer sees it as a camera would have shown it.
+    """
+
+    def __init__(self, out: Path | None = None, *, show: bool = False, fps: float = 5.0, show_port: int = 0,
+                 title: str = "atmguard", announce: Callable[[str], None] | None = None, pace: bool = False) -> None:
+        from atmguard.detectors.show import gui_available
+
         self.out, self.show, self.fps = out, show, fps
+        self.title, self.show_port, self.announce, self.pace = title, show_port, announce, pace
         self._writer: object | None = None
+        self.window = show and gui_available()
+        self.server: MjpegServer | None = None
+        self._clock: tuple[float, datetime] | None = None
+        if show and not self.window:
+            self._serve()
+
+    def _serve(self) -> None:
+        from atmguard.detectors.show import MjpegServer
+
+        self.server = MjpegServer(self.title, self.show_port)
+        if self.announce is not None:
+            self.announce(self.server.url)
 
     def __call__(self, res: FrameResult, pipe: CameraPipeline) -> None:
         import cv2
@@ -112,16 +142,36 @@ class Annotator:
                 fourcc = cv2.VideoWriter.fourcc(*("mp4v" if self.out.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
                 self._writer = cv2.VideoWriter(str(self.out), fourcc, self.fps, (img.shape[1], img.shape[0]))
             self._writer.write(img)  # type: ignore[attr-defined]
-        if self.show:
+        if self.pace:
+            self._wait_for(res.frame.ts)
+        if self.window:
             try:
-                cv2.imshow("atmguard", img)
+                cv2.imshow(f"atmguard: {self.title}", img)
                 cv2.waitKey(1)
             except cv2.error:
-                raise RuntimeError(
-                    "--show needs OpenCV with a GUI (this install is headless); use --annotate OUT.mp4 instead"
-                ) from None
+                self.window = False  # a GUI build that cannot open a window here: stream instead
+                self._serve()
+        if self.server is not None:
+            self.server.publish(img)
+
+    def _wait_for(self, ts: datetime) -> None:
+        """Sleep until `ts` (a frame time on the video's timeline) is due in wall time."""
+        now = time.monotonic()
+        if self._clock is None:
+            self._clock = (now, ts)
+            return
+        due = self._clock[0] + (ts - self._clock[1]).total_seconds()
+        if due > now:
+            time.sleep(due - now)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.release()  # type: ignore[attr-defined]
             self._writer = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.window:
+            import cv2
+
+            cv2.destroyAllWindows()

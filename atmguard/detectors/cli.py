@@ -38,14 +38,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         camera_id: str | None = typer.Option(None, "--camera-id", help="Camera id for the facts (default: <atm-id>-cam)."),
         config: Path | None = typer.Option(None, "--config", help="Config folder holding cameras.yaml (default: ATMGUARD_CONFIG_DIR or ./configs)."),
         jsonl: bool = typer.Option(False, "--jsonl", help="Print facts as JSON lines, and nothing else, on stdout."),
-        show: bool = typer.Option(False, "--show", help="Show the annotated video in a window (needs a GUI build of OpenCV)."),
+        show: bool = typer.Option(False, "--show", help="Show the annotated video: a window when OpenCV has a GUI and there is a display, else an MJPEG stream on http://127.0.0.1:PORT/ (the URL is printed on stderr). A file plays at its own rate."),
+        show_port: int = typer.Option(0, "--show-port", min=0, max=65535, help="Port of the --show stream on 127.0.0.1 (default 0: a free port, printed)."),
         annotate: Path | None = typer.Option(None, "--annotate", help="Write the annotated video to this file (e.g. out.mp4)."),
         broker: str | None = typer.Option(None, "--broker", help="Publish facts to this Kafka broker (kafka://host:port); default ATMGUARD_BROKER."),
         fps: float | None = typer.Option(None, "--fps", help="Frames analysed per second (default: the camera's analysis_fps, 5)."),
         start: datetime | None = typer.Option(None, "--start", help="Time of the file's first frame, e.g. 2026-02-14T10:00:00+05:00 (default: now)."),
         zone: str | None = typer.Option(None, "--zone", help="ATM zone polygon 'x,y x,y x,y ...' in frame pixels (default: whole frame)."),
         on_phone_after: float | None = typer.Option(None, "--on-phone-after", help="Seconds of hand at the ear before on_phone (default 3)."),
-        max_people: int | None = typer.Option(None, "--max-people", min=1, max=6, help="People the pose model looks for (default: the camera's max_people, 1 = single-person model; 2+ = multi-person, the one in the zone is followed)."),
+        max_people: int | None = typer.Option(None, "--max-people", min=1, max=6, help="People looked for (default: the camera's max_people, 2: everyone found about once a second, the one in the zone followed; 1 = the single-person model only)."),
         snapshots: Path | None = typer.Option(None, "--snapshots", help="Save a JPEG per on_phone/looking_around fact in this folder."),
         processes: int = typer.Option(1, "--processes", min=1, help="Worker processes for several cameras (one per core)."),
         realtime: bool = typer.Option(False, "--realtime", help="Play a file at its own rate, as a live camera would."),
@@ -134,7 +135,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         sink = Tee(printer, pub)
         try:
             if len(cfgs) == 1 and not (processes > 1):
-                _detect_one(cfgs[0], sink, start=start, show=show, annotate=annotate, realtime=realtime)
+                _detect_one(cfgs[0], sink, start=start, show=show, annotate=annotate, realtime=realtime,
+                            show_port=show_port)
             else:
                 if show or annotate:
                     _fail("--show/--annotate work with one camera at a time")
@@ -151,7 +153,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         fps: float = typer.Option(5.0, "--fps", help="Analysed frames per second per camera."),
         json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON here."),
         footage: Path | None = typer.Option(None, "--footage", help="Folder of the real footage (default ../shared/footage)."),
-        max_people: int = typer.Option(1, "--max-people", min=1, max=6, help="Every simulated camera's max_people (1 = single-person pose; 2+ = multi-person)."),
+        max_people: int | None = typer.Option(None, "--max-people", min=1, max=6, help="Every simulated camera's max_people (default: the cameras' default, 2; 1 = single-person pose only)."),
     ) -> None:
         """Detector overhead vs inference, gating (5 busy / 25 cameras on one core), frame->fact lag, 2-process scaling."""
         from atmguard.detectors.bench import run_bench
@@ -160,13 +162,26 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 
 def _detect_one(cfg: object, sink: object, *, start: datetime | None, show: bool, annotate: Path | None,
-                realtime: bool) -> None:
+                realtime: bool, show_port: int = 0) -> None:
     from atmguard.detectors.annotate import Annotator
     from atmguard.detectors.config import CameraConfig
     from atmguard.detectors.pipeline import iter_results
+    from atmguard.detectors.sources import _device, is_stream
 
     assert isinstance(cfg, CameraConfig)
-    ann = Annotator(annotate, show=show, fps=cfg.analysis_fps) if (show or annotate) else None
+
+    def announce(url: str) -> None:
+        # stderr: with --jsonl, stdout carries facts only
+        typer.echo(f"showing {cfg.camera_id} at {url} (Ctrl-C to stop)", err=True)
+
+    a_file = not is_stream(cfg.source) and _device(cfg.source) is None
+    ann = None
+    if show or annotate:
+        try:
+            ann = Annotator(annotate, show=show, fps=cfg.analysis_fps, show_port=show_port, title=cfg.camera_id,
+                            announce=announce, pace=show and a_file and not realtime)
+        except OSError as exc:
+            _fail(f"--show cannot serve on 127.0.0.1:{show_port} ({exc.strerror or exc}); try another --show-port")
     try:
         for res in iter_results(cfg.source, atm_id=cfg.atm_id, camera_id=cfg.camera_id, config=cfg,
                                 start_time=start, realtime=realtime, on_result=ann):

@@ -79,11 +79,18 @@ class CameraConfig(Strict):
         default=None, description="ATM zone polygon in frame pixels; a person counts when feet or hips are inside. Unset = whole frame."
     )
     max_people: int = Field(
-        default=1, ge=1, le=6, title="People looked for",
-        description="1 = single-person pose (cheapest; it follows whoever it locks onto, in the zone or not). "
-                    "2 or more = multi-person pose: everyone is found and the person in the zone nearest the "
-                    "camera is followed (docs/detectors.md); about 11 ms more CPU per analysed frame (+36%), more per extra person. Use 2 or 3 "
-                    "where a queue, passers-by or a companion share the view.",
+        default=2, ge=1, le=6, title="People looked for",
+        description="2 or more (default 2) = several people: everyone is found about once a second (scan_every_s) and "
+                    "the person in the zone nearest the camera is followed, tracked in between at the cost of the "
+                    "single-person model (docs/detectors.md; about 2 to 8% more CPU with one person in view). "
+                    "1 = single-person pose only: it follows whoever it locks onto, in the zone or not (a bystander "
+                    "can hold it while the customer is missed). 3 where a queue and passers-by share the view.",
+    )
+    scan_every_s: float = Field(
+        default=1.0, gt=0, le=60, title="Multi-person scan interval",
+        description="max_people > 1: seconds between looks for everyone in view (the multi-person model); in between "
+                    "the cheap single-person tracker follows the person chosen. A scan also runs at once when the "
+                    "tracker loses that person or they leave the zone. Shorter: newcomers are seen sooner, at more CPU.",
     )
     analysis_fps: float = Field(default=5.0, gt=0, le=60, description="Frames analysed per second (the newest frame each time).")
     min_width: int = Field(default=640, ge=0, description="Frames narrower than this are upscaled first (small CCTV/QCIF sources).")

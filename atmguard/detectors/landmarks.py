@@ -2,11 +2,12 @@
 
 Only `Pose(model_complexity=1)` works offline (lite/heavy would be downloaded). It is single-person;
 with `max_people > 1` a Tasks `PoseLandmarker` built from the same bundled models (pose_bundle.py)
-finds everyone and the caller's `select` picks the person to follow (people.py). Face mesh's
-short-range face detector misses faces narrower than about 11% of the frame, so when the face
-is small (or not found) it runs on a head crop cut around pose points 0..10. Hands run only
-when asked (a hand-at-ear candidate needs confirming, or pose found nobody but a face is there).
-Nothing here identifies anyone: landmarks are geometry, kept for one frame.
+finds everyone on scan frames and the legacy Pose tracks the person followed in between
+(follow.py; people.py decides who). Face mesh's short-range face detector misses faces narrower
+than about 11% of the frame, so when the face is small (or not found) it runs on a head crop cut
+around pose points 0..10. Hands run only when asked (a hand-at-ear candidate needs confirming, or
+pose found nobody but a face is there). Nothing here identifies anyone: landmarks are geometry,
+kept for one frame.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from atmguard.detectors.people import PersonSelector
 
 # pose landmark indices (BlazePose 33)
 NOSE, L_EYE_OUT, R_EYE_OUT, L_EAR, R_EAR, MOUTH_L, MOUTH_R = 0, 3, 6, 7, 8, 9, 10
@@ -41,6 +45,7 @@ class Landmarks:
     height: int
     pose: np.ndarray | None = None  # (33, 4): x, y, z (unused), visibility; the person followed
     people: list[np.ndarray] = field(default_factory=list)  # every pose found, each (33, 4); `pose` is one of them
+    scanned: bool = False  # multi-person: everyone was looked for on this frame (else the others are as last seen)
     face: np.ndarray | None = None  # (478, 2)
     hands: list[np.ndarray] = field(default_factory=list)  # each (21, 2)
     face_from_crop: bool = False
@@ -68,8 +73,10 @@ class _Timer:
         self.t, self.c = time.perf_counter(), time.process_time()
 
     def __exit__(self, *exc: object) -> None:
-        self.lm.latency_ms[self.name] = (time.perf_counter() - self.t) * 1000
-        self.lm.cpu_ms[self.name] = (time.process_time() - self.c) * 1000
+        # added up, should a model run more than once on a frame
+        lat, cpu = self.lm.latency_ms, self.lm.cpu_ms
+        lat[self.name] = lat.get(self.name, 0.0) + (time.perf_counter() - self.t) * 1000
+        cpu[self.name] = cpu.get(self.name, 0.0) + (time.process_time() - self.c) * 1000
 
 
 def _to_rgb(image_bgr: np.ndarray) -> np.ndarray:
@@ -78,45 +85,30 @@ def _to_rgb(image_bgr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
 
 
-# Tasks associates last frame's people with new detections by box overlap (IoU) above
-# min_tracking_confidence: at 0.5 two people standing side by side (the two-men clip) merge into
-# one, at 0.9 one person is kept twice; 0.7 kept both men and few repeats (people.dedupe drops those)
-TRACK_IOU = 0.7
-
-
 class MultiPose:
-    """Tasks PoseLandmarker (up to `max_people`) on the bundle built from the wheel's models.
+    """Tasks PoseLandmarker (up to `max_people`) on the bundle built from the wheel's models, image mode.
 
-    Video mode tracks people from frame to frame and runs the person detector whenever fewer
-    than `max_people` are tracked (so, with one person in view, on every frame: that is its cost).
-    The Tasks graph does no landmark smoothing: timestamps only order the frames.
+    Image mode: every call runs the person detector, then the landmark model on each person found
+    (about 31 ms for one person, 50 for two, on a core). It runs on scan frames only (follow.py);
+    video mode would run the detector on every frame while fewer than `max_people` are tracked.
     """
 
-    def __init__(self, max_people: int, *, static: bool = False) -> None:
+    def __init__(self, max_people: int) -> None:
         from mediapipe.tasks.python import BaseOptions, vision
 
         from atmguard.detectors.pose_bundle import pose_bundle
 
-        self.static = static
-        mode = vision.RunningMode.IMAGE if static else vision.RunningMode.VIDEO
         opts = vision.PoseLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(pose_bundle())), running_mode=mode,
+            base_options=BaseOptions(model_asset_path=str(pose_bundle())), running_mode=vision.RunningMode.IMAGE,
             num_poses=max_people, min_pose_detection_confidence=0.5, min_pose_presence_confidence=0.5,
-            min_tracking_confidence=TRACK_IOU,
         )
         self._task: Any = vision.PoseLandmarker.create_from_options(opts)
-        self._ts_ms = 0
 
     def detect(self, rgb: np.ndarray) -> list[np.ndarray]:
         """Every pose in the image, each (33, 4): x, y normalised to [0, 1], z, visibility."""
         import mediapipe as mp
 
-        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
-        if self.static:
-            res = self._task.detect(image)
-        else:
-            self._ts_ms += 1
-            res = self._task.detect_for_video(image, self._ts_ms)
+        res = self._task.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
         return [np.array([(p.x, p.y, p.z, p.visibility or 0.0) for p in pose], dtype=np.float64)
                 for pose in res.pose_landmarks]
 
@@ -128,12 +120,18 @@ class LandmarkModels:
     """Pose + face mesh (iris) + hands for one camera (tracking state is per stream).
 
     `static=True` is for still photographs (every call detects afresh). `max_people=1` runs the
-    legacy single-person Pose; more runs `MultiPose` and needs a `select` in `process`.
+    legacy single-person Pose; more adds `MultiPose` for scans and a `Follower` that keeps the
+    legacy Pose on the person chosen (`process(..., selector=, t=)`; `scan_every_s` apart, the
+    schedule shifted by `scan_phase` seconds so that cameras started together do not scan together).
     """
 
     def __init__(self, *, static: bool = False, face_crop_below: float = 0.16, use_hands: bool = True,
-                 hands_complexity: int = 0, max_people: int = 1) -> None:
+                 hands_complexity: int = 0, max_people: int = 1, scan_every_s: float = 1.0,
+                 scan_phase: float = 0.0) -> None:
         import mediapipe as mp
+
+        from atmguard.detectors.follow import Follower
+        from atmguard.detectors.people import PersonSelector
 
         self.static = static
         self.face_crop_below = face_crop_below
@@ -143,9 +141,12 @@ class LandmarkModels:
         sol: Any = mp.solutions
         self._pose: Any = None
         self._multi: MultiPose | None = None
+        self.follower: Follower | None = None
         if max_people > 1:
-            self._multi = MultiPose(max_people, static=static)
-        else:
+            self._multi = MultiPose(max_people)
+            self.follower = Follower(self, scan_every_s=scan_every_s, phase=scan_phase)
+            self._selector = PersonSelector(None)  # when the caller gives none: the largest person anywhere
+        if max_people == 1 or not static:
             self._pose = sol.pose.Pose(
                 static_image_mode=static, model_complexity=1, smooth_landmarks=not static,
                 min_detection_confidence=0.5, min_tracking_confidence=0.5,
@@ -178,20 +179,42 @@ class LandmarkModels:
         """Several people are looked for (and one must be selected)."""
         return self._multi is not None
 
-    def pose(self, rgb: np.ndarray, lm: Landmarks) -> None:
-        """Every person into `lm.people`; `lm.pose` = the first (the only one, single-person)."""
+    def track_pose(self, rgb: np.ndarray, lm: Landmarks) -> np.ndarray | None:
+        """The legacy single-person Pose (tracking mode on video): one person, (33, 4) in pixels, or None."""
         with _Timer(lm, "pose"):
-            if self._multi is not None:
-                found = self._multi.detect(rgb)
-            else:
-                res = self._pose.process(rgb)
-                found = [] if res.pose_landmarks is None else [np.array(
-                    [(p.x, p.y, p.z, p.visibility) for p in res.pose_landmarks.landmark], dtype=np.float64)]
+            res = self._pose.process(rgb)
+        if res.pose_landmarks is None:
+            return None
+        arr = np.array([(p.x, p.y, p.z, p.visibility) for p in res.pose_landmarks.landmark], dtype=np.float64)
+        arr[:, 0] *= lm.width
+        arr[:, 1] *= lm.height
+        return arr
+
+    def reset_tracker(self) -> None:
+        """Make the legacy Pose forget whom it tracked (region, landmark and visibility smoothing).
+
+        Its next call detects afresh and costs about 60 ms more (the graph restarts)."""
+        self._pose.reset()
+
+    def scan_people(self, rgb: np.ndarray, lm: Landmarks) -> list[np.ndarray]:
+        """Everyone the multi-person model finds (image mode), each (33, 4) in pixels."""
+        assert self._multi is not None, "scan_people needs max_people > 1"
+        with _Timer(lm, "pose_scan"):
+            found = self._multi.detect(rgb)
         for arr in found:
             arr[:, 0] *= lm.width
             arr[:, 1] *= lm.height
-        lm.people = found
-        lm.pose = found[0] if found else None
+        return found
+
+    def pose(self, rgb: np.ndarray, lm: Landmarks, selector: PersonSelector | None = None, scale: float = 1.0,
+             t: float | None = None) -> None:
+        """`lm.pose` = the person followed, `lm.people` = everyone (as of the last scan, multi-person)."""
+        if self.follower is not None:
+            self.follower.step(rgb, lm, selector or self._selector, scale, t)
+            return
+        found = self.track_pose(rgb, lm)
+        lm.people = [found] if found is not None else []
+        lm.pose = found
 
     def face(self, rgb: np.ndarray, lm: Landmarks) -> None:
         """Face mesh on the whole frame, or on a head crop from pose when the head is small."""
@@ -238,16 +261,15 @@ class LandmarkModels:
         lm.hands = found
 
     def process(self, image_bgr: np.ndarray, *, face_if: Callable[[Landmarks], bool] | None = None,
-                select: Callable[[Landmarks], None] | None = None) -> Landmarks:
-        """Pose, `select` (sets `lm.pose` to the person to follow among `lm.people`), then face mesh
-        (unless `face_if(landmarks)` says no); hands run through `hands()` when needed."""
+                selector: PersonSelector | None = None, scale: float = 1.0, t: float | None = None) -> Landmarks:
+        """Pose (multi-person: `selector` picks the person followed, zone in source pixels x `scale`;
+        `t` = frame time in seconds, None = scan every call), then face mesh (unless `face_if(landmarks)`
+        says no); hands run through `hands()` when needed."""
         h, w = image_bgr.shape[:2]
         lm = Landmarks(width=w, height=h)
         rgb = _to_rgb(image_bgr)
         self._last_rgb = rgb
-        self.pose(rgb, lm)
-        if select is not None:
-            select(lm)
+        self.pose(rgb, lm, selector, scale, t)
         if face_if is None or face_if(lm):
             self.face(rgb, lm)
         return lm

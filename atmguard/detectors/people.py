@@ -22,6 +22,10 @@ from atmguard.detectors.signals import anchor_points, body_scale, pose_plausible
 STICKY = 1.25  # the followed person's size counts this much more than a newcomer's
 SAME_PERSON = 0.5  # torso centres closer than this many body sizes: the same person as last frame
 DUPLICATE = 0.3  # two poses this close (body sizes) and of similar size are one person found twice
+# one analysed frame to the next (0.2 s at 5 fps, 0.5 s at 2 fps) a walker's torso moves about half a
+# body size; a neighbour's is two or more away, or (a person behind) of another size
+TRACK_JUMP = 1.0
+TRACK_SIZE = (0.7, 1.43)
 
 
 def torso_centre(pose: np.ndarray) -> np.ndarray:
@@ -55,6 +59,34 @@ def dedupe(people: list[np.ndarray]) -> list[np.ndarray]:
     return kept
 
 
+def _apart(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Torso centres' distance in body sizes, None when the sizes differ too much to be one person."""
+    sa, sb = body_size(a), body_size(b)
+    if not TRACK_SIZE[0] < sa / max(sb, 1e-6) < TRACK_SIZE[1]:
+        return None
+    return float(np.hypot(*(torso_centre(a) - torso_centre(b)))) / max(sa, sb, 1e-6)
+
+
+def same_person(a: np.ndarray, b: np.ndarray, jump: float = TRACK_JUMP) -> bool:
+    """Two poses (one frame apart) plausibly of one person: near and of similar size."""
+    d = _apart(a, b)
+    return d is not None and d < jump
+
+
+def match(pose: np.ndarray, people: list[np.ndarray], jump: float = TRACK_JUMP) -> int | None:
+    """Which of `people` is `pose`'s person: the nearest of similar size within `jump` body sizes.
+
+    Nearest, not merely near: two people standing close (centres a third of a body size apart on
+    the two-men clip) are both within any threshold loose enough for a walker's step.
+    """
+    best: tuple[float, int] | None = None
+    for i, q in enumerate(people):
+        d = _apart(pose, q)
+        if d is not None and d < jump and (best is None or d < best[0]):
+            best = (d, i)
+    return None if best is None else best[1]
+
+
 @dataclass
 class Choice:
     """Who is followed in this frame."""
@@ -71,19 +103,35 @@ class PersonSelector:
         self.zone = zone
         self.sticky = sticky
         self._last: tuple[np.ndarray, float] | None = None  # torso centre, size of the person followed
+        self.choice = Choice()  # the last decision (a scan's, or kept while the tracker follows the person)
 
     def reset(self) -> None:
         self._last = None
+        self.choice = Choice()
+
+    def counts(self, pose: np.ndarray, width: int, height: int, scale: float = 1.0) -> bool:
+        """This person counts: a plausible body whose anchors are in the zone."""
+        return pose_plausible(pose, height) and \
+            zone_test(anchor_points(Landmarks(width, height, pose=pose)), self.zone, scale)[0]
+
+    def keep(self, pose: np.ndarray, in_zone: bool, others_in_zone: int) -> Choice:
+        """Between scans: the tracker still holds the person followed (`pose`, index 0 of the frame's people)."""
+        self._last = (torso_centre(pose), body_size(pose)) if in_zone else None
+        self.choice = Choice(index=0, in_zone=in_zone, in_zone_count=others_in_zone + int(in_zone))
+        return self.choice
 
     def choose(self, people: list[np.ndarray], width: int, height: int, scale: float = 1.0) -> Choice:
         """`people` in analysed-frame pixels; `scale` maps the zone (source pixels) to them."""
+        self.choice = self._choose(people, width, height, scale)
+        return self.choice
+
+    def _choose(self, people: list[np.ndarray], width: int, height: int, scale: float) -> Choice:
         if not people:
             self._last = None
             return Choice()
         sizes = [body_size(p) for p in people]
         plausible = [i for i, p in enumerate(people) if pose_plausible(p, height)]
-        inside = [i for i in plausible
-                  if zone_test(anchor_points(Landmarks(width, height, pose=people[i])), self.zone, scale)[0]]
+        inside = [i for i in plausible if self.counts(people[i], width, height, scale)]
         if not inside:
             self._last = None
             pool = plausible or list(range(len(people)))

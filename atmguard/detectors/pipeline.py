@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,7 @@ from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.gating import MotionGate
 from atmguard.detectors.landmarks import LandmarkModels, Landmarks
 from atmguard.detectors.metrics import DetectorMetrics, default_metrics
-from atmguard.detectors.people import Choice, PersonSelector, dedupe
+from atmguard.detectors.people import Choice, PersonSelector
 from atmguard.detectors.signals import FrameSignals, compute, hands_box, pose_plausible, wants_hands
 from atmguard.detectors.snapshots import SnapshotStore
 from atmguard.detectors.sources import Frame, FrameSource, LiveSource, VideoFileSource, open_source
@@ -50,10 +51,10 @@ class CameraPipeline:
         self.cfg = cfg
         self.models = models or LandmarkModels(static=static, use_hands=cfg.use_hands,
                                               hands_complexity=cfg.hands_model_complexity,
-                                              max_people=cfg.max_people)
+                                              max_people=cfg.max_people, scan_every_s=cfg.scan_every_s,
+                                              scan_phase=scan_phase(cfg))
         self._own_models = models is None
         self.selector = PersonSelector(cfg.zone)
-        self.choice = Choice()
         self.metrics = metrics or default_metrics()
         self.gate = MotionGate(cfg.gating, cfg.zone)
         self.tracker = BehaviourTracker(cfg.atm_id, cfg.camera_id, cfg.thresholds)
@@ -68,6 +69,11 @@ class CameraPipeline:
         if self._own_models:
             self.models.close()
 
+    @property
+    def choice(self) -> Choice:
+        """Who is followed in the last analysed frame (multi-person)."""
+        return self.selector.choice
+
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
         import cv2
 
@@ -77,15 +83,16 @@ class CameraPipeline:
             return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR), scale
         return image, 1.0
 
-    def analyse(self, image: np.ndarray, *, reuse_hands: list[np.ndarray] | None = None
+    def analyse(self, image: np.ndarray, *, reuse_hands: list[np.ndarray] | None = None, t: float | None = None
                 ) -> tuple[Landmarks, FrameSignals, float]:
-        """Models + geometry on one image (no temporal state): for photos and tests.
+        """Models + geometry on one image: for photos and tests, and each frame of `process`.
 
         `reuse_hands`: hand landmarks of the previous frame to use instead of running the hands model.
+        `t`: the frame's time in seconds (multi-person: scans are `scan_every_s` apart; None = scan now).
         """
         img, scale = self._prepare(image)
         if self.models.multi:
-            lm = self.models.process(img, face_if=self._face_if, select=lambda lm: self._select(lm, scale))
+            lm = self.models.process(img, face_if=self._face_if, selector=self.selector, scale=scale, t=t)
         else:
             lm = self.models.process(img, face_if=_face_worth_running)
         sig = compute(lm, self.cfg.thresholds, self.cfg.zone, scale)
@@ -99,12 +106,6 @@ class CameraPipeline:
                 self.models.hands(self.models.last_rgb(), lm, hands_box(lm))
             sig = compute(lm, self.cfg.thresholds, self.cfg.zone, scale)
         return lm, sig, scale
-
-    def _select(self, lm: Landmarks, scale: float) -> None:
-        """Several people: follow the one in the zone nearest the camera (people.py)."""
-        lm.people = dedupe(lm.people)
-        self.choice = self.selector.choose(lm.people, lm.width, lm.height, scale)
-        lm.pose = lm.people[self.choice.index] if self.choice.index is not None else None
 
     def _face_if(self, lm: Landmarks) -> bool:
         """Multi-person: face mesh only for a person in the zone (or when pose found nobody: a close-up)."""
@@ -133,7 +134,7 @@ class CameraPipeline:
         if self._hands_hit is not None and not self._hands_reused \
                 and (frame.ts - self._hands_hit[0]).total_seconds() <= 0.5:
             reuse = self._hands_hit[1]
-        lm, sig, scale = self.analyse(frame.image, reuse_hands=reuse)
+        lm, sig, scale = self.analyse(frame.image, reuse_hands=reuse, t=now)
         self._hands_reused = reuse is not None and "hands" not in lm.latency_ms
         if "hands" in lm.latency_ms:
             self._hands_hit = (frame.ts, lm.hands) if sig.hand.hands else None
@@ -164,6 +165,11 @@ class CameraPipeline:
         for fact in facts:
             self.metrics.facts_emitted.labels(self.cfg.camera_id, fact.behavior).inc()
         return facts
+
+
+def scan_phase(cfg: CameraConfig) -> float:
+    """A fixed shift of this camera's multi-person scans (from its id: replays stay identical)."""
+    return zlib.crc32(cfg.camera_id.encode()) % 1000 / 1000 * cfg.scan_every_s
 
 
 def _face_worth_running(lm: Landmarks) -> bool:

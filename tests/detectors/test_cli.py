@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
+import httpx
+import numpy as np
 
 from atmguard.contracts import BehaviorFact, parse_event
 from tests.conftest import REPO
@@ -18,8 +23,10 @@ ATMGUARD = [sys.executable, "-m", "atmguard.cli"]
 
 def run(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     code = "from atmguard.cli import main; main()"
+    # the multi-person pose bundle (max_people 2, the default) goes to the session's cache folder, not the repo
+    cache = {"ATMGUARD_MODEL_CACHE": os.environ["ATMGUARD_MODEL_CACHE"]} if "ATMGUARD_MODEL_CACHE" in os.environ else {}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), **(env or {})})
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd), **cache, **(env or {})})
 
 
 def test_detect_source_jsonl_prints_only_facts() -> None:
@@ -66,8 +73,8 @@ def test_detect_max_people_follows_the_person_in_the_zone(tmp_path: Path) -> Non
     args = ("detect", "--source", str(footage("b_intel_headpose_roll_pair.gif")), "--atm-id", "atm-zhez-003",
             "--zone", "0,150 240,150 240,270 0,270", "--jsonl")
     env = {"ATMGUARD_MODEL_CACHE": str(tmp_path / "models")}
-    single = run(*args, env=env)
-    multi = run(*args, "--max-people", "2", env=env)
+    single = run(*args, "--max-people", "1", env=env)
+    multi = run(*args, env=env)  # max_people 2, the default
     assert single.returncode == 0 and multi.returncode == 0, (single.stderr[-2000:], multi.stderr[-2000:])
     assert not single.stdout.strip()
     facts = [BehaviorFact.model_validate_json(line) for line in multi.stdout.splitlines()]
@@ -119,3 +126,86 @@ def test_detect_publishes_facts_to_the_broker(tmp_path: Path) -> None:
         records = asyncio.run(consume())
     assert {k for k, _ in records} == {b"atm-zhez-002"}  # keyed by ATM
     assert sorted(BehaviorFact.model_validate_json(v).id for _, v in records) == sorted(f.id for f in printed)
+
+
+def _jpeg_parts(stream: httpx.Response, boundary: str, want: int) -> list[bytes]:
+    """The first `want` JPEGs of a multipart/x-mixed-replace body (each part has a Content-Length)."""
+    buf, parts = b"", []
+    for chunk in stream.iter_bytes():
+        buf += chunk
+        while True:
+            start = buf.find(f"--{boundary}\r\n".encode())
+            head_end = buf.find(b"\r\n\r\n", start)
+            if start < 0 or head_end < 0:
+                break
+            headers = buf[start:head_end].decode().split("\r\n")[1:]
+            fields = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in headers)}
+            assert fields["content-type"] == "image/jpeg"
+            size = int(fields["content-length"])
+            if len(buf) < head_end + 4 + size:
+                break
+            parts.append(buf[head_end + 4:head_end + 4 + size])
+            buf = buf[head_end + 4 + size:]
+        if len(parts) >= want:
+            return parts[:want]
+    return parts
+
+
+def test_detect_show_without_a_gui_streams_annotated_frames_over_http() -> None:
+    # this install's OpenCV is headless (as on a box beside the cameras): --show serves an MJPEG stream
+    clip = footage("a_suzie_landline_phone_at_ear.mp4")  # 176x144, 5 s, played at its own rate with --show
+    code = "from atmguard.cli import main; main()"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(REPO), "ATMGUARD_MODEL_CACHE": os.environ["ATMGUARD_MODEL_CACHE"]}
+    proc = subprocess.Popen([sys.executable, "-c", code, "detect", "--source", str(clip), "--atm-id", "atm-zhez-001",
+                             "--jsonl", "--show", "--start", "2026-02-14T10:00:00+05:00"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    err_lines: list[str] = []
+    announced = threading.Event()
+
+    def drain() -> None:  # stderr: the URL line, MediaPipe's own log lines
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append(line)
+            if line.startswith("showing "):
+                announced.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        assert announced.wait(60), "".join(err_lines)[-2000:]
+        line = next(x for x in err_lines if x.startswith("showing "))
+        m = re.fullmatch(r"showing atm-zhez-001-cam at (http://127\.0\.0\.1:(\d+)/) \(Ctrl-C to stop\)\n", line)
+        assert m and int(m.group(2)) > 0, line
+        url = m.group(1)
+        index = httpx.get(url, timeout=10)
+        assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+        assert '<img src="stream.mjpg"' in index.text
+        with httpx.stream("GET", url + "stream.mjpg", timeout=30) as stream:
+            ctype = stream.headers["content-type"]
+            assert ctype.startswith("multipart/x-mixed-replace; boundary=")
+            jpegs = _jpeg_parts(stream, ctype.split("boundary=", 1)[1], want=3)
+        assert len(jpegs) == 3
+        frames = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+        assert all(f is not None and f.shape == (144, 176, 3) for f in frames)  # the annotated frame: source size
+        assert httpx.get(url + "nope", timeout=10).status_code == 404
+    finally:
+        out, _ = proc.communicate(timeout=120)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(err_lines)[-2000:]
+    # stdout stayed pure JSON lines of facts: the URL went to stderr
+    facts = [BehaviorFact.model_validate_json(x) for x in out.splitlines()]
+    assert any(f.behavior == "on_phone" for f in facts)
+    # annotated, not the raw video: each streamed frame is further from every source frame than JPEG alone makes it
+    cap = cv2.VideoCapture(str(clip))
+    raw = []
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        raw.append(img.astype(np.int16))
+    cap.release()
+    noise = max(float(np.abs(cv2.imdecode(cv2.imencode(".jpg", r.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 80])[1],
+                                          cv2.IMREAD_COLOR).astype(np.int16) - r).mean()) for r in raw)
+    for f in frames:
+        nearest = min(float(np.abs(f.astype(np.int16) - r).mean()) for r in raw)
+        assert nearest > 2 * noise, (nearest, noise)

@@ -15,8 +15,9 @@ def test_example_cameras_load(repo: Path) -> None:
     assert cams and all(c.atm_id.startswith("atm-zhez-") for c in cams.values())
     hall = cams["cam-zhez-003-hall"]
     assert hall.zone and len(hall.zone) >= 3 and hall.analysis_fps == 5
-    assert hall.max_people == 2  # passers-by share the corridor
-    assert cams["cam-zhez-001-front"].max_people == 1  # the default: the single-person model
+    assert hall.max_people == 2  # the default: passers-by share the corridor, the one in the zone is followed
+    assert cams["cam-zhez-005-lobby"].max_people == 3  # a queue as well
+    assert cams["cam-zhez-001-front"].max_people == 2 and cams["cam-zhez-001-front"].scan_every_s == 1.0
     assert any(c.source.startswith("rtsp://") for c in cams.values())
 
 

@@ -19,7 +19,7 @@ def of(facts: list[BehaviorFact], behavior: str) -> list[BehaviorFact]:
     return [f for f in facts if f.behavior == behavior]
 
 
-# the main behaviours hold with the single-person model (max_people 1, the default) and the multi-person one
+# the main behaviours hold with the single-person model (max_people 1) and the multi-person one (2, the default)
 BOTH_MODELS = pytest.mark.parametrize("max_people", [1, 2])
 
 

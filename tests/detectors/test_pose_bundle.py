@@ -84,7 +84,7 @@ def test_nothing_is_built_at_import_or_for_single_person_cameras(tmp_path: Path)
     cache = tmp_path / "cache"
     code = ("from atmguard.detectors.config import CameraConfig\n"
             "from atmguard.detectors.pipeline import CameraPipeline\n"
-            "CameraPipeline(CameraConfig(camera_id='c', atm_id='a')).close()\n")
+            "CameraPipeline(CameraConfig(camera_id='c', atm_id='a', max_people=1)).close()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "ATMGUARD_MODEL_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-2000:]
