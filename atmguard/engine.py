@@ -40,6 +40,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from atmguard.contracts import BankEvent, BehaviorFact, Intervention, parse_event
 from atmguard.errors import EventError, RuleSetError
+from atmguard.stream import publisher
 from atmguard.stream.metrics import engine_metrics
 from atmguard.stream.topics import event_key
 
@@ -76,16 +77,88 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = int(self.app.conf.atmguard_fetch_max_wait_ms)  # type: ignore[attr-defined]
         return consumer
 
+    async def _commit(self, offsets: Any) -> bool:
+        """Commit in the consumer thread, bounded, and never for a fenced engine.
+
+        aiokafka retries a commit for as long as the error is retriable; after the in-memory
+        broker restarted that is UnknownTopicOrPartition, forever, and Faust's stop waits for
+        it (the reset hung). A commit that does not finish in time is given up: the records
+        are delivered again (at least once), never lost.
+        """
+        if _fenced(self.app):
+            return False
+        task = asyncio.ensure_future(super()._commit(offsets))
+        commits = _commit_tasks(self)
+        commits.add(task)
+        task.add_done_callback(commits.discard)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=float(self.app.conf.atmguard_commit_timeout_s))  # type: ignore[attr-defined]
+        finally:
+            if not task.done():
+                task.cancel()
+        if task in done and not task.cancelled():
+            return bool(task.result())
+        if not _fenced(self.app):
+            log.warning("offset commit did not finish within %.0f s: not committed, those records will be "
+                        "delivered again", float(self.app.conf.atmguard_commit_timeout_s))  # type: ignore[attr-defined]
+        return False
+
+    async def on_thread_stop(self) -> None:
+        """Stop the aiokafka consumer; survive its stop letting out a CancelledError.
+
+        aiokafka 0.14's Fetcher.close cancels the fetch requests in flight and awaits them,
+        so when one was backing off (broker down or restarting) consumer.stop() raises
+        CancelledError: the thread then ends without telling Faust, whose stop waits its
+        full 60 s shutdown timeout (part of the reset hang).
+        """
+        try:
+            await super().on_thread_stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            consumer = getattr(self, "_consumer", None)
+            client = getattr(consumer, "_client", None)
+            if client is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await client.close()
+
+    def cancel_commits(self) -> None:
+        """Give up the commits running in the consumer thread now (callable from any thread)."""
+        tasks = list(_commit_tasks(self))
+        if tasks:
+            with contextlib.suppress(RuntimeError):  # the thread's loop is closed: nothing runs
+                self.thread_loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks])
+
+
+def _commit_tasks(thread: Any) -> set[asyncio.Future[Any]]:
+    tasks: set[asyncio.Future[Any]] | None = getattr(thread, "_atmguard_commits", None)
+    if tasks is None:
+        tasks = thread._atmguard_commits = set()
+    return tasks
+
+
+def _fenced(app: Any) -> bool:
+    return bool(getattr(app, "atmguard_fenced", False))
+
 
 class _LowLatencyConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        """Faust's commit (periodic, on rebalance, on stop), refused once the engine is fenced."""
+        if _fenced(self.app):
+            return False
+        return bool(await super().commit(topics, start_new_transaction=start_new_transaction))
 
 
 class _FlushHookProducer(faust_aiokafka.Producer):
     """Faust flushes its producer before every offset commit: flush our batched state records first."""
 
     async def flush(self) -> None:
+        if _fenced(self.app):
+            return  # nothing of a fenced engine may reach the broker (see Engine.fence)
         hook = getattr(self.app, "atmguard_before_flush", None)
         if hook is not None:
             await hook()
@@ -184,6 +257,12 @@ class EngineOptions:
     sweep_interval_s: float = 5.0
     batch_max: int = 500
     batch_within_ms: float = 5.0
+    epoch_check_s: float = 0.5
+    """How often a worker checks whether the broker lost its data (restarted in-memory broker)."""
+    commit_timeout_s: float = 10.0
+    """An offset commit not done by then is given up (its records are delivered again)."""
+    stop_timeout_s: float = 15.0
+    """A Faust app not stopped by then is abandoned (its consumer thread is ended)."""
     extra_conf: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -207,20 +286,42 @@ def _epoch_s(value: Any) -> float:
     return float(value.timestamp())
 
 
+class EngineFenced(Exception):  # noqa: N818 - a state, not a failure
+    """The engine was fenced (broker reset or interrupted batch): it must not write or commit."""
+
+
+def app_id_for(options: EngineOptions, epoch: str | None) -> str:
+    """The Faust app id (consumer group, prefix of the state table's changelog) for a broker epoch.
+
+    Per epoch, because the in-memory broker restarts empty while the previous engine still
+    runs for a moment: what that engine commits or writes after the restart (offsets of the
+    old topics, retried state records) must land in names the new engine never reads.
+    On a broker that keeps its data the epoch never changes, so neither does the id.
+    """
+    return f"{options.app_id}-{epoch[:8]}" if epoch else options.app_id
+
+
 class Engine:
     """One engine worker: the Faust app, its topics, agent and state table, and the rules."""
 
-    def __init__(self, settings: Settings, options: EngineOptions, broker_url: str) -> None:
+    def __init__(
+        self, settings: Settings, options: EngineOptions, broker_url: str, *, epoch: str | None = None
+    ) -> None:
         self.settings = settings
         self.options = options
         self.metrics = engine_metrics()
         self.broker_url = broker_url
+        self.epoch = epoch
+        self.fenced: str | None = None
+        """Why the engine was fenced (see `fence`); None while it runs normally."""
+        self.needs_restart: str | None = None
+        """Set when the app must be replaced by a fresh one (a batch was interrupted); run_engine does."""
         if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         datadir = Path(options.data_dir) / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(
-            options.app_id,
+            app_id_for(options, epoch),
             broker=broker_url,
             store="memory://",
             datadir=str(datadir),
@@ -244,6 +345,7 @@ class Engine:
         )
         # read by _LowLatencyConsumerThread; Settings objects accept extra attributes
         self.app.conf.atmguard_fetch_max_wait_ms = options.fetch_max_wait_ms  # type: ignore[attr-defined]
+        self.app.conf.atmguard_commit_timeout_s = options.commit_timeout_s  # type: ignore[attr-defined]
         self.inputs = self.app.topic(
             settings.topic_facts, settings.topic_bank, value_serializer="raw", key_serializer="raw"
         )
@@ -286,6 +388,32 @@ class Engine:
         self.published = 0
         self.restored = 0
         self._load_initial_rules()
+
+    # -- fencing ---------------------------------------------------------------------------------
+
+    def fence(self, reason: str, *, abort_producer: bool = False) -> None:
+        """From now on commit no offset and write nothing; batches still delivered are skipped.
+
+        Used before the app is replaced: after the broker lost its data (`abort_producer`: the
+        records still pending are failed, they belong to the old broker and, retried into the
+        new one, would break its partitions; see publisher.abort_producer), and after a batch
+        was interrupted mid-way (its records were never fully processed, and Faust acks a
+        batch whatever happened to it: committing now could skip them). Records fenced out
+        are delivered again to the next app from the last committed offset (at least once);
+        the state table turns those it already saw into duplicates.
+        """
+        if self.fenced is None:
+            self.fenced = reason
+            log.info("engine fenced (%s): no more commits or writes from this app", reason)
+        self.app.atmguard_fenced = True  # type: ignore[attr-defined]
+        consumer = getattr(self.app, "_consumer", None)
+        thread = getattr(consumer, "_thread", None)
+        if isinstance(thread, _LowLatencyConsumerThread):
+            thread.cancel_commits()
+        if abort_producer:
+            producer = getattr(getattr(self.app, "_producer", None), "_producer", None)
+            if producer is not None:
+                publisher.abort_producer(producer, EngineFenced(reason))
 
     # -- rules ----------------------------------------------------------------------------------
 
@@ -382,26 +510,43 @@ class Engine:
         # Several records per agent step: Faust's per-step machinery, the awaits, the metric
         # updates and the changelog/publish round trips are paid once per batch, not per record.
         # `within` bounds the wait for a batch to fill (the added latency when the load is low).
-        # Faust acks a batch's records only after this body returns for it.
+        # Faust acks a batch when this body is left for it, also when it was left half-way by a
+        # cancellation (worker stop, Faust restarting the agent): then the engine is fenced (no
+        # offset committed from then on) and replaced by a fresh app, which gets the records
+        # again from the last committed offset and re-publishes interventions never acknowledged.
         within = max(0.001, self.options.batch_within_ms / 1000)
         async for events in stream.take_events(max(1, self.options.batch_max), within=within):
+            finished = False
             try:
                 await self.handle_batch(events)
+                finished = True
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - one poisoned batch must not stop every ATM
+                finished = True
                 first = events[0].message if events else None
-                log.exception(
-                    "engine failed on a batch of %d records (first %s[%s]@%s)", len(events),
-                    getattr(first, "topic", "?"), getattr(first, "partition", "?"), getattr(first, "offset", "?"),
-                )
+                if self.fenced is not None:
+                    log.info("batch of %d records dropped (engine fenced: %s); it will be delivered again",
+                             len(events), self.fenced)
+                else:
+                    log.exception(
+                        "engine failed on a batch of %d records (first %s[%s]@%s)", len(events),
+                        getattr(first, "topic", "?"), getattr(first, "partition", "?"),
+                        getattr(first, "offset", "?"),
+                    )
+            finally:
+                if not finished:
+                    self.fence("a batch was interrupted before it was processed")
+                    self.needs_restart = self.needs_restart or "a batch was interrupted"
 
     async def handle(self, message: Any, raw: bytes) -> None:
         """Process one record (a batch of one)."""
         await self._process([(message, raw)])
 
     async def handle_batch(self, events: Sequence[Any]) -> None:
-        """Process the Faust events of one agent step."""
+        """Process the Faust events of one agent step (none once fenced: they come again)."""
+        if self.fenced is not None:
+            return
         await self._process([(event.message, event.value) for event in events])
 
     async def _process(self, records: Sequence[tuple[Any, Any]]) -> None:
@@ -515,6 +660,8 @@ class Engine:
         """Send one intervention and wait for the broker's ack, retrying until the broker is back."""
         delay = 0.2
         while True:
+            if self.fenced is not None:
+                raise EngineFenced(self.fenced)  # the next app replays it (never acknowledged)
             try:
                 fut = await self.interventions.send(key=iv.atm_id.encode(), value=iv.to_json().encode())
                 await fut
@@ -522,6 +669,8 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep the event unacked and retry until the broker is back
+                if self.fenced is not None:
+                    raise EngineFenced(self.fenced) from exc
                 log.warning("publishing intervention %s failed (%r); retrying in %.1f s", iv.id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -551,6 +700,10 @@ class Engine:
     async def flush_changelog(self, *, wait: bool = False) -> None:
         """Write the queued state records, one batch per partition (`wait`: until the broker acked)."""
         if not self._cl_count:
+            return
+        if self.fenced is not None:
+            if wait:
+                raise EngineFenced(self.fenced)
             return
         futures: list[Any] = []
         async with self._cl_lock:
@@ -610,6 +763,8 @@ class Engine:
 
     async def _on_recover(self) -> None:
         """After Faust recovered the table for a new assignment: rebuild rule state before processing."""
+        if self.fenced is not None:
+            return
         started = time.monotonic()
         active = self._active_partitions()
         data = self.table.data

@@ -2,7 +2,7 @@
 
 Lifecycle: `await start(bootstrap)` migrates the notifier tables, resumes what a previous
 run left (retries, escalation deadlines), starts the timer loop and, given a Kafka
-bootstrap, consumes the interventions topic (group "atmguard-notifier"). `await stop()`.
+bootstrap, consumes the interventions topic (group "atmguard-notifier-<broker epoch>"). `await stop()`.
 
 `handle(intervention)` is idempotent by intervention id: the id is recorded with the planned
 notifications in one transaction before anything is sent, so a duplicate (redelivery after a
@@ -466,11 +466,38 @@ class NotifierService:
     # -- topic consumer ---------------------------------------------------------------------
 
     async def _consume_forever(self, bootstrap: str) -> None:
-        """Keep a consumer running: a broker that is away or restarts is reconnected to."""
+        """Keep a consumer running: a broker that is away or restarts is reconnected to.
+
+        The consumer group is per broker epoch (atmguard.stream.topics): when the in-memory
+        broker restarted empty, a commit of the old consumer still under way lands in the old
+        epoch's group, not in the one read from then on (it would skip the interventions
+        published after the restart). On an epoch change the consumer is replaced.
+        """
+        from atmguard.stream.topics import EpochWatch, ensure_epoch, ensure_topics
+
         delay = 1.0
         while True:
             try:
-                await self._consume(bootstrap)
+                try:  # as every process does: a topic auto-created by our subscription gets the wrong partitions
+                    await ensure_topics(bootstrap, self.settings, timeout=10.0)
+                except Exception as exc:  # noqa: BLE001 - e.g. no right to create topics: consume anyway
+                    log.warning("could not create the topics (%s: %s); consuming anyway", type(exc).__name__, exc)
+                epoch = await ensure_epoch(bootstrap)
+                consume = asyncio.create_task(self._consume(bootstrap, f"{CONSUMER_GROUP}-{epoch[:8]}"))
+                watch = EpochWatch(bootstrap, epoch)
+                try:
+                    while not consume.done():
+                        await asyncio.wait({consume}, timeout=1.0)
+                        if not consume.done() and await _unless_stray_cancel(watch.changed()) is True:
+                            log.warning("broker restarted (its data is gone): interventions consumer starts afresh")
+                            break
+                    if consume.done():
+                        consume.result()
+                    delay = 1.0
+                finally:
+                    consume.cancel()
+                    await asyncio.wait({consume}, timeout=10.0)
+                    await _unless_stray_cancel(watch.close())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -478,7 +505,7 @@ class NotifierService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def _consume(self, bootstrap: str) -> None:
+    async def _consume(self, bootstrap: str, group_id: str = CONSUMER_GROUP) -> None:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.abc import ConsumerRebalanceListener
 
@@ -494,7 +521,7 @@ class NotifierService:
 
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
-            group_id=CONSUMER_GROUP,
+            group_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.fetch_max_wait_ms,  # the broker holds fetches about half of it: keep it short
@@ -577,6 +604,18 @@ class NotifierService:
         pending = [out]
         while pending:
             pending = [follow for o in pending for follow in self.delivery.deliver(o)]
+
+async def _unless_stray_cancel(coro: Any) -> Any:
+    """Await `coro`; a CancelledError that is not ours gives None (aiokafka 0.14's consumer.stop()
+    lets one out when a fetch was backing off, e.g. while the broker restarts)."""
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        return None
+
 
 def _view(n: Notification) -> NotificationView:
     return NotificationView(

@@ -125,6 +125,17 @@ class EventPublisher:
         if producer is not None:
             await _quiet_stop(producer)
 
+    async def abort(self) -> None:
+        """Drop the producer now, failing what it has pending (the broker died; see `abort_producer`).
+
+        The next publish connects afresh and re-creates the topics.
+        """
+        self._topics_ok = False
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            abort_producer(producer, BrokerUnavailable(f"broker {self.bootstrap} restarting"))
+            await _quiet_stop(producer)
+
     async def publish_many(self, events: Iterable[BehaviorFact | BankEvent | Intervention]) -> int:
         """Send several records pipelined (order kept per key), wait for all acks; return how many."""
         producer = await self._connect()
@@ -153,5 +164,43 @@ class EventPublisher:
 
 
 async def _quiet_stop(producer: Any) -> None:
-    with contextlib.suppress(Exception):
+    try:
         await asyncio.wait_for(producer.stop(), 2.0)
+    except asyncio.CancelledError:
+        # aiokafka's stop awaits its sender task, which raises CancelledError if it was aborted
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:  # noqa: BLE001, S110 - closing a dead connection must not raise
+        pass
+    # a stop that timed out leaves aiokafka's sender running: it would deliver the pending
+    # records to whatever broker answers next (see abort_producer)
+    abort_producer(producer, BrokerUnavailable("producer stopped"))
+
+
+def abort_producer(producer: Any, error: BaseException) -> None:
+    """Make an aiokafka producer send nothing more: stop its sender, fail its pending records.
+
+    Why: Tansu 0.6.0 (memory storage) acknowledges a produce for a topic it does not know,
+    which is what a client retrying across a broker restart sends, advances the partition's
+    high watermark, and from then on serves no record of that partition and fails every
+    later produce to it (seen here, see tests/stream). A pending record must fail (the
+    caller retries it with a fresh producer, which creates the topic first) rather than be
+    retried blindly into the restarted broker. Uses aiokafka 0.14 internals; harmless no-op
+    if they moved.
+    """
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is None:
+        return
+    with contextlib.suppress(Exception):
+        batches = [b for queue in accumulator._batches.values() for b in queue]
+        batches += list(accumulator._pending_batches)
+        accumulator.fail_all(error)
+        for batch in batches:  # nobody may await them (batch API): no "exception never retrieved"
+            for fut in (batch.future, getattr(batch, "_drain_waiter", None)):
+                if fut is not None and fut.done() and not fut.cancelled():
+                    fut.exception()

@@ -63,6 +63,8 @@ class Stack:
     notifier: Any = None
     engines: list[Any] = field(default_factory=list)
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    broker_down: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while the embedded broker is being restarted (see _supervise_broker)."""
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     @property
@@ -174,8 +176,9 @@ async def start_stack(
     engine_options: Any = None,
     with_notifier: bool = True,
     local_twilio: bool = True,
+    broker_port: int | None = None,
 ) -> Stack:
-    """Broker (embedded unless `broker_url`), publisher, engine task and notifier."""
+    """Broker (embedded unless `broker_url`; on `broker_port` if given), publisher, engine task and notifier."""
     from atmguard.engine import EngineOptions
     from atmguard.stream.publisher import EventPublisher
     from atmguard.stream.topics import bootstrap_of, ensure_topics
@@ -183,7 +186,7 @@ async def start_stack(
 
     broker = None
     if broker_url is None:
-        broker = await asyncio.to_thread(start_broker, settings, data_dir)
+        broker = await asyncio.to_thread(start_broker, settings, data_dir, port=broker_port)
         broker_url = broker.url
     stack = Stack(settings=settings, broker_url=broker_url, broker=broker)
     await ensure_topics(bootstrap_of(broker_url), settings)
@@ -193,7 +196,10 @@ async def start_stack(
     options = engine_options or EngineOptions.from_env(rules_dir=settings.rules_dir, data_dir=data_dir)
     stack.tasks.append(
         asyncio.create_task(
-            run_engine(settings, options, broker_url, stack.stop_event, on_engine=stack.engines.append),
+            run_engine(
+                settings, options, broker_url, stack.stop_event, on_engine=stack.engines.append,
+                broker_down=stack.broker_down if broker is not None else None,
+            ),
             name="engine",
         )
     )
@@ -205,7 +211,18 @@ async def start_stack(
 
 
 async def _supervise_broker(stack: Stack) -> None:
-    """Restart the embedded broker if it dies; the engine resets itself (the broker lost everything)."""
+    """Restart the embedded broker if it dies, so that the restarted (empty) broker stays sound.
+
+    Tansu 0.6.0 breaks a partition for good when a client retries a record into it across a
+    restart, before its topic exists (see publisher.abort_producer), and clients auto-create
+    topics with its default partition count. So, in this order: (1) `broker_down` is set: the
+    engine fences and stops its Faust app, the publisher fails what it has pending (the bank
+    API answers 503 meanwhile); (2) the broker is started and the topics created; (3)
+    `broker_down` is cleared: the engine starts afresh on the new epoch, the publisher
+    reconnects on the next event, the notifier notices the new epoch by itself.
+    """
+    from atmguard.stream.topics import ensure_topics
+
     broker = stack.broker
     while not stack.stop_event.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
@@ -214,10 +231,34 @@ async def _supervise_broker(stack: Stack) -> None:
             continue
         log.error("embedded broker exited; restarting it on %s (all topics and unprocessed events are lost)",
                   broker.url)
+        stack.broker_down.set()
         try:
+            if stack.publisher is not None:
+                await stack.publisher.abort()
+            await _engine_fenced(stack, timeout=10.0)
             await asyncio.to_thread(broker.start)
-        except Exception as exc:  # noqa: BLE001
+            await ensure_topics(stack.bootstrap, stack.settings)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.error("could not restart the embedded broker (a client's close was cancelled); trying again")
+        except Exception as exc:  # noqa: BLE001 - try again on the next round
             log.error("could not restart the embedded broker: %s", exc)
+        finally:
+            stack.broker_down.clear()
+
+
+async def _engine_fenced(stack: Stack, timeout: float) -> None:
+    """Until the running engine has fenced its app (it checks `broker_down` twice a second)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline and not stack.stop_event.is_set():
+        engine = stack.engine
+        if engine is None or getattr(engine, "fenced", None) is not None:
+            return
+        await asyncio.sleep(0.05)
+    log.warning("the engine did not stop within %.0f s; restarting the broker anyway", timeout)
 
 
 async def stop_stack(stack: Stack, data_dir: Path | None = None) -> None:
