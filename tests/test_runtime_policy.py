@@ -48,7 +48,7 @@ def test_long_lived_state_is_not_scanned_by_full_collections(policy: None) -> No
     assert before > 50_000
     assert after_start < before - 50_000
     assert grown >= after_start + 50_000
-    assert settled < grown - 50_000, "objects that survived were not moved out of the scanned generations"
+    assert settled < grown - 45_000, "objects that survived were not moved out of the scanned generations"
 
 
 def test_frozen_objects_are_still_freed_by_reference_counting(policy: None) -> None:
