@@ -488,7 +488,7 @@ class NotifierService:
                 try:
                     while not consume.done():
                         await asyncio.wait({consume}, timeout=1.0)
-                        if not consume.done() and await _unless_stray_cancel(watch.changed()) is True:
+                        if not consume.done() and await watch.changed() is True:
                             log.warning("broker restarted (its data is gone): interventions consumer starts afresh")
                             break
                     if consume.done():
@@ -497,7 +497,7 @@ class NotifierService:
                 finally:
                     consume.cancel()
                     await asyncio.wait({consume}, timeout=10.0)
-                    await _unless_stray_cancel(watch.close())
+                    await watch.close()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -604,17 +604,6 @@ class NotifierService:
         pending = [out]
         while pending:
             pending = [follow for o in pending for follow in self.delivery.deliver(o)]
-
-async def _unless_stray_cancel(coro: Any) -> Any:
-    """Await `coro`; a CancelledError that is not ours gives None (aiokafka 0.14's consumer.stop()
-    lets one out when a fetch was backing off, e.g. while the broker restarts)."""
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        return None
 
 
 def _view(n: Notification) -> NotificationView:

@@ -126,8 +126,28 @@ async def _read_epoch_with(consumer: Any, tp: Any, timeout: float) -> str | None
     return None
 
 
+async def unless_stray_cancel(coro: Any) -> Any:
+    """Await `coro`; a CancelledError that is not ours gives None.
+
+    aiokafka 0.14's `consumer.stop()` (Fetcher.close) lets one out when a fetch was backing off,
+    e.g. while the broker restarts; only a cancellation of the awaiting task itself propagates.
+    """
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("a Kafka client let a CancelledError out while closing; ignored")
+        return None
+
+
 class EpochWatch:
-    """Keeps one consumer open and tells whether the broker's epoch is still `epoch`."""
+    """Keeps one consumer open and tells whether the broker's epoch is still `epoch`.
+
+    Both methods survive aiokafka's stray CancelledError (see `unless_stray_cancel`), so callers
+    can await them from their own stop and restart paths.
+    """
 
     def __init__(self, bootstrap: str, epoch: str) -> None:
         self.bootstrap = bootstrap
@@ -136,6 +156,10 @@ class EpochWatch:
 
     async def changed(self, timeout: float = 2.0) -> bool | None:
         """True if the broker lost its data since, False if not, None if it cannot be reached now."""
+        result: bool | None = await unless_stray_cancel(self._changed(timeout))
+        return result
+
+    async def _changed(self, timeout: float) -> bool | None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         try:
@@ -166,4 +190,4 @@ class EpochWatch:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(Exception):
-                await consumer.stop()
+                await unless_stray_cancel(consumer.stop())

@@ -102,7 +102,7 @@ async def run_engine(
         try:
             reason = await _supervise(engine, starting, watch, stop, interval, broker_down)
         finally:
-            await _unless_stray_cancel(watch.close())
+            await watch.close()
             await _stop_app(engine, starting, options.stop_timeout_s)
             with contextlib.suppress(Exception):
                 engine.rule_engine.close()
@@ -111,18 +111,6 @@ async def run_engine(
         if reason == "crashed":
             await _sleep_unless(stop, RESTART_DELAY_S)
 
-
-async def _unless_stray_cancel(coro: Any) -> Any:
-    """Await `coro`; a CancelledError that is not ours (aiokafka's consumer.stop() lets one out when
-    a fetch was backing off, see engine._LowLatencyConsumerThread.on_thread_stop) gives None."""
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        log.debug("a Kafka client let a CancelledError out while closing; ignored")
-        return None
 
 
 async def _start_app(app: Any) -> bool:
@@ -167,7 +155,7 @@ async def _supervise(
             engine.fence("the Faust app crashed")
             log.error("engine's Faust app crashed (%r); starting a fresh one", engine.app.crash_reason)
             return "crashed"
-        if await _unless_stray_cancel(watch.changed()) is True:
+        if await watch.changed() is True:
             engine.fence("the broker lost its data", abort_producer=True)
             log.warning(
                 "broker %s lost its data (restarted): resetting the engine; state and unprocessed events "
