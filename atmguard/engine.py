@@ -26,7 +26,6 @@ import contextlib
 import heapq
 import json
 import logging
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from atmguard import runtime_policy
 from atmguard.contracts import BankEvent, BehaviorFact, Intervention, parse_event
 from atmguard.errors import EventError, RuleSetError
 from atmguard.stream import publisher
@@ -63,10 +63,6 @@ Event = BehaviorFact | BankEvent
 FETCH_MAX_WAIT_MS = 10
 SWEEP_SLACK_S = 300.0
 """Events older than (newest event time - this - the longest rule window) are dropped from rule state."""
-GIL_SWITCH_INTERVAL_S = 0.0005
-"""Faust runs the Kafka consumer in a thread of its own; with CPython's default 5 ms switch interval
-the loop thread, after every socket call that releases the GIL, waits up to 5 ms to get it back
-from the consumer thread (profiled: ~1 ms per producer `send()`, the worker idle half the time)."""
 
 
 class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -316,8 +312,7 @@ class Engine:
         """Why the engine was fenced (see `fence`); None while it runs normally."""
         self.needs_restart: str | None = None
         """Set when the app must be replaced by a fresh one (a batch was interrupted); run_engine does."""
-        if sys.getswitchinterval() > GIL_SWITCH_INTERVAL_S:
-            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        runtime_policy.shorten_gil_switch()  # Faust's consumer thread would keep the loop waiting
         datadir = Path(options.data_dir) / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
         self.app = FaustApp(
