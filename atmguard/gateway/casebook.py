@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +54,21 @@ def _parse_ts(value: Any) -> datetime | None:
     return None
 
 
+def _evidence_row(
+    rows: list[dict[str, Any]], iv_id: str, event: dict[str, Any], pattern: str | None, matched: bool, seen: set[str]
+) -> None:
+    """Append the evidence row of one event, once per event id (matched events come first)."""
+    eid = str(event.get("id", ""))
+    if not eid or eid in seen:
+        return
+    seen.add(eid)
+    rows.append({
+        "intervention_id": iv_id, "event_id": eid, "kind": str(event.get("type", event.get("behavior", "event"))),
+        "pattern": pattern, "matched": matched, "ts": _parse_ts(event.get("ts")) or utcnow(),
+        "snapshot": event.get("snapshot"), "payload": event,
+    })
+
+
 class CaseBook:
     """The case store as the gateway, the recorder and the console use it."""
 
@@ -64,68 +79,45 @@ class CaseBook:
 
     # --- recording -------------------------------------------------------------------
     def record(self, iv: Intervention, context: Iterable[dict[str, Any]] = ()) -> bool:
-        """Store an intervention and its evidence once (idempotent by id); True if it was new."""
-        matched_ids = {m.event_id for m in iv.matched}
-        with self.sessions() as session:
-            if session.get(CaseIntervention, iv.id) is not None:
-                return False
-            payload = iv.model_dump(mode="json", exclude_none=True)
-            session.add(
-                CaseIntervention(
-                    id=iv.id,
-                    rule=iv.rule,
-                    rule_version=iv.rule_version,
-                    severity=iv.severity,
-                    mode=iv.mode,
-                    atm_id=iv.atm_id,
-                    ts=iv.ts,
-                    message=iv.message,
-                    hold=iv.actions.hold,
-                    key=iv.key,
-                    payload=payload,
-                    state="open",
-                )
-            )
-            session.flush()
-            seen: set[str] = set()
-            for m in iv.matched:
-                self._add_evidence(session, iv.id, m.event, m.pattern, True, seen)
-            for event in context:
-                eid = str(event.get("id", ""))
-                if eid and eid not in matched_ids:
-                    self._add_evidence(session, iv.id, event, None, False, seen)
-            session.add(
-                AuditEntry(actor="engine", action="intervention.open", target=iv.id, details={"rule": iv.rule, "atm_id": iv.atm_id})
-            )
-            try:
-                session.commit()
-            except IntegrityError:  # another recorder got there first
-                session.rollback()
-                return False
-        self.live.publish("case", self.summary(iv.id) or {})
-        return True
+        """Store an intervention and its evidence once (idempotent by id) and show it on the
+        consoles; True if it was new. Call from the event loop (the live feed is the loop's)."""
+        summary = self.store_intervention(iv, context)
+        if summary is not None:
+            self.live.publish("case", summary)
+        return summary is not None
 
-    @staticmethod
-    def _add_evidence(
-        session: Session, iv_id: str, event: dict[str, Any], pattern: str | None, matched: bool, seen: set[str]
-    ) -> None:
-        eid = str(event.get("id", ""))
-        if not eid or eid in seen:
-            return
-        seen.add(eid)
-        ts = _parse_ts(event.get("ts")) or utcnow()
-        session.add(
-            CaseEvidence(
-                intervention_id=iv_id,
-                event_id=eid,
-                kind=str(event.get("type", event.get("behavior", "event"))),
-                pattern=pattern,
-                matched=matched,
-                ts=ts,
-                snapshot=event.get("snapshot"),
-                payload=event,
-            )
-        )
+    def store_intervention(self, iv: Intervention, context: Iterable[dict[str, Any]] = ()) -> dict[str, Any] | None:
+        """The database half of `record`, safe in a worker thread: the case's console summary
+        if it was new, None if it was stored before (by this or another recorder).
+
+        Core INSERTs (one row, then the evidence in one executemany), not the ORM's unit of
+        work: an intervention can carry a couple of hundred context events, and every bit of
+        Python spent here holds the GIL the gateway's event loop answers banks with."""
+        now = utcnow()
+        row = {
+            "id": iv.id, "rule": iv.rule, "rule_version": iv.rule_version, "severity": iv.severity, "mode": iv.mode,
+            "atm_id": iv.atm_id, "ts": iv.ts, "message": iv.message, "hold": iv.actions.hold, "key": iv.key,
+            "payload": iv.model_dump(mode="json", exclude_none=True), "state": "open", "opened_at": now,
+        }
+        evidence: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for m in iv.matched:
+            _evidence_row(evidence, iv.id, m.event, m.pattern, True, seen)
+        for event in context:
+            _evidence_row(evidence, iv.id, event, None, False, seen)
+        audit = {"at": now, "actor": "engine", "action": "intervention.open", "target": iv.id,
+                 "details": {"rule": iv.rule, "atm_id": iv.atm_id}}
+        with self.sessions() as session:
+            try:
+                session.execute(insert(CaseIntervention), [row])
+                if evidence:
+                    session.execute(insert(CaseEvidence), evidence)
+                session.execute(insert(AuditEntry), [audit])
+                session.commit()
+            except IntegrityError:  # stored before, or another recorder got there first
+                session.rollback()
+                return None
+        return self._row_summary(CaseIntervention(**row))
 
     # --- reading ---------------------------------------------------------------------
     def _row_summary(self, row: CaseIntervention) -> dict[str, Any]:

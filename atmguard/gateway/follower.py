@@ -21,6 +21,7 @@ from atmguard.gateway.advisor import HoldAdvisor
 from atmguard.gateway.casebook import CaseBook
 from atmguard.gateway.webhooks import BankWebhooks
 from atmguard.settings import Settings
+from atmguard.stream.pacing import pace_fetches
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,9 @@ class Recorder:
         if atm_id:
             self._recent[atm_id].append((event.ts, data))
 
-    def on_intervention_record(self, raw: bytes) -> None:
-        """An intervention from its topic: advise, record, notify banks."""
+    async def on_intervention_record(self, raw: bytes) -> None:
+        """An intervention from its topic: advise at once, then record (in a worker thread, off
+        the loop that answers banks) and tell the banks whose customer stands there."""
         try:
             iv = Intervention.model_validate_json(raw)
         except Exception as exc:
@@ -75,7 +77,11 @@ class Recorder:
         if self.advisor is not None:
             self.advisor.on_intervention(iv)
         context = [e for ts, e in self._recent.get(iv.atm_id, ()) if iv.ts - self.context <= ts <= iv.ts + timedelta(seconds=5)]
-        if self.cases.record(iv, context) and self.webhooks is not None and iv.mode == "enforce":
+        summary = await asyncio.to_thread(self.cases.store_intervention, iv, context)
+        if summary is None:
+            return
+        self.cases.live.publish("case", summary)
+        if self.webhooks is not None and iv.mode == "enforce":
             banks = self.banks_at(iv.atm_id, iv.ts) | {
                 str(m.event.get("bank_id")) for m in iv.matched if m.event.get("bank_id")
             }
@@ -143,6 +149,7 @@ class TopicFollower:
             )
             try:
                 await consumer.start()
+                pace_fetches(consumer)  # see atmguard/stream/pacing.py: the embedded broker's fetches slow with age
                 self.ready.set()
                 delay = 0.5
                 loop = asyncio.get_running_loop()
@@ -158,7 +165,7 @@ class TopicFollower:
                             if rec.value is None:
                                 continue
                             if tp.topic == s.topic_interventions:
-                                self.recorder.on_intervention_record(rec.value)
+                                await self.recorder.on_intervention_record(rec.value)
                             else:
                                 self.recorder.on_event_record(rec.value)
             except asyncio.CancelledError:
