@@ -42,6 +42,7 @@ from atmguard.contracts import BankEvent, BehaviorFact, Intervention, parse_even
 from atmguard.errors import EventError, RuleSetError
 from atmguard.stream import publisher
 from atmguard.stream.metrics import engine_metrics
+from atmguard.stream.pacing import pace_fetches
 from atmguard.stream.topics import event_key
 
 if TYPE_CHECKING:
@@ -72,6 +73,10 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = int(self.app.conf.atmguard_fetch_max_wait_ms)  # type: ignore[attr-defined]
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        pace_fetches(self._consumer)  # the embedded broker's fetch cost grows with what it keeps (stream/pacing.py)
 
     async def _commit(self, offsets: Any) -> bool:
         """Commit in the consumer thread, bounded, and never for a fenced engine.

@@ -1,0 +1,103 @@
+"""Fetch pacing (atmguard/stream/pacing.py): a paced consumer still gets every record, and after
+a fetch that brought records it waits `ratio` x that fetch's time before asking again."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from atmguard.stream.broker import EmbeddedBroker
+from atmguard.stream.pacing import pace_fetches
+from tests.stream.conftest import run
+
+
+def test_a_paced_consumer_reads_every_record_in_order(broker: EmbeddedBroker) -> None:
+    async def go() -> tuple[bool, bool, list[int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, acks=1)
+        await producer.start()
+        consumer = AIOKafkaConsumer("paced", bootstrap_servers=broker.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=10, enable_auto_commit=False)
+        try:
+            await producer.send_and_wait("paced", b"0", partition=0)  # the topic exists before the consumer
+            await consumer.start()
+            installed, again = pace_fetches(consumer, ratio=4.0), pace_fetches(consumer, ratio=4.0)
+            got: list[int] = []
+
+            async def write() -> None:
+                for burst in range(5):  # bursts with quiet spells between them
+                    for i in range(40):
+                        await producer.send("paced", str(1 + burst * 40 + i).encode(), partition=0)
+                    await producer.flush()
+                    await asyncio.sleep(0.05)
+
+            writer = asyncio.create_task(write())
+            while len(got) < 201:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    got.extend(int(r.value) for r in records)
+            await writer
+            return installed, again, got
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    installed, again, got = run(go())
+    assert installed and not again  # installed once, never wrapped twice
+    assert got == list(range(201))
+
+
+class _FakeFetcher:
+    """Stands in for aiokafka's Fetcher: each fetch takes `took` seconds and brings records or not."""
+
+    def __init__(self, answers: list[tuple[float, bool]]) -> None:
+        self.answers = answers
+
+    async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
+        took, got = self.answers.pop(0)
+        await _REAL_SLEEP(took)
+        return got
+
+
+_REAL_SLEEP = asyncio.sleep
+
+
+@pytest.mark.parametrize(("ratio", "expected_wait"), [(4.0, 0.08), (1.0, 0.02)])
+def test_the_next_fetch_waits_ratio_times_the_last_one_that_brought_records(
+    monkeypatch: pytest.MonkeyPatch, ratio: float, expected_wait: float
+) -> None:
+    waits: list[float] = []
+
+    async def recording_sleep(delay: float) -> None:
+        waits.append(delay)
+
+    class Consumer:
+        _fetcher = _FakeFetcher([(0.02, True), (0.02, False), (0.0, True)])
+
+    consumer = Consumer()
+    assert pace_fetches(consumer, ratio=ratio)
+
+    async def go() -> None:
+        fetch = consumer._fetcher._proc_fetch_request
+        await fetch(None, 1, None)  # brought records in 20 ms: the next one waits ratio x 20 ms
+        monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+        await fetch(None, 1, None)
+        monkeypatch.setattr(asyncio, "sleep", _REAL_SLEEP)
+        await fetch(None, 1, None)  # the previous fetch was empty (caught up): no wait
+
+    run(go())
+    assert len(waits) == 1
+    assert waits[0] == pytest.approx(expected_wait, abs=0.01)
+
+
+def test_pacing_off_leaves_the_consumer_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATMGUARD_FETCH_PACING", "0")
+
+    class Consumer:
+        _fetcher = _FakeFetcher([])
+
+    consumer = Consumer()
+    original = consumer._fetcher._proc_fetch_request
+    assert not pace_fetches(consumer)
+    assert consumer._fetcher._proc_fetch_request == original
