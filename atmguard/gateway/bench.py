@@ -32,6 +32,7 @@ when:
       as: first
       where: {amount: {gte: 300000}, payee_new: true}
   within: 10m
+cooldown: 10m  # as every shipped rule has: one case per ATM and incident, not one per transfer
 actions: {sms: [patrol], hold: true}
 message: "{atm_id}: on the phone, transfer {first.amount} to a new payee"
 """

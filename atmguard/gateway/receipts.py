@@ -4,7 +4,10 @@ The gateway answers from memory: receipts of the last day are loaded at start, a
 answer is cached before it is sent. The database copy is written behind the answer by one
 background task that commits whatever accumulated in one transaction (group commit) in a worker
 thread, so neither SQLite nor PostgreSQL sits on the request path; stopping the gateway flushes
-what is pending. Only a hard crash in the few milliseconds between the answer and the commit can
+what is pending. The writer gathers for `gather_s` (50 ms) before each commit: a transaction costs
+about 0.4 ms of CPU whatever its size (measured on SQLite: 0.41 ms per row one by one, 0.05 ms per
+row in twenties), and at 500 events/s committing every few rows was a tenth of the gateway's CPU.
+Only a hard crash in the short span between the answer and the commit can
 forget a receipt: a retry of that event is then published again, which the engine ignores
 (duplicate ids are dropped), and answered again.
 """
@@ -72,8 +75,9 @@ def store_receipts(sessions: sessionmaker[Session], rows: list[tuple[Key, str | 
 class ReceiptWriter:
     """Batches receipt inserts from concurrent requests into one transaction in a worker thread."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *, gather_s: float = 0.05) -> None:
         self.sessions = sessions
+        self.gather_s = gather_s
         self._pending: list[tuple[list[tuple[Key, str | None, dict[str, Any]]], asyncio.Future[None]]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -97,6 +101,8 @@ class ReceiptWriter:
         assert self._wake is not None
         while True:
             await self._wake.wait()
+            if self.gather_s > 0:
+                await asyncio.sleep(self.gather_s)  # one transaction for what arrives meanwhile
             self._wake.clear()
             batch, self._pending = self._pending, []
             if not batch:
