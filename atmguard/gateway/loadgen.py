@@ -112,7 +112,7 @@ class _Client:
     def request(self, request: bytes, done: Callable[[int, bytes], None]) -> None:
         """Send now on an idle connection, or on a new one as soon as it is open."""
         if self.idle:
-            self.idle.popleft().send(request, done)  # oldest first: every connection stays warm
+            self.idle.pop().send(request, done)  # the most recently used: idle ones time out unused, never mid-request
             return
 
         async def later() -> None:

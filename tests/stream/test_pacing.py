@@ -48,15 +48,26 @@ def test_a_paced_consumer_reads_every_record_in_order(broker: EmbeddedBroker) ->
     assert got == list(range(201))
 
 
-class _FakeFetcher:
-    """Stands in for aiokafka's Fetcher: each fetch takes `took` seconds and brings records or not."""
+class _FakeClient:
+    async def send(self, node_id: int, request: Any) -> Any:
+        took, _ = request
+        await _REAL_SLEEP(took)  # the broker's answer
+        return None
 
-    def __init__(self, answers: list[tuple[float, bool]]) -> None:
+
+class _FakeFetcher:
+    """Stands in for aiokafka's Fetcher: the broker answers each fetch in `took` seconds, then the
+    records take `decode` seconds to read (not the broker's time: not paced)."""
+
+    def __init__(self, answers: list[tuple[float, bool]], decode: float = 0.0) -> None:
         self.answers = answers
+        self.decode = decode
+        self._client = _FakeClient()
 
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         took, got = self.answers.pop(0)
-        await _REAL_SLEEP(took)
+        await self._client.send(node_id, (took, got))
+        await _REAL_SLEEP(self.decode)
         return got
 
 
@@ -73,14 +84,14 @@ def test_the_next_fetch_waits_ratio_times_the_last_one_that_brought_records(
         waits.append(delay)
 
     class Consumer:
-        _fetcher = _FakeFetcher([(0.02, True), (0.02, False), (0.0, True)])
+        _fetcher = _FakeFetcher([(0.02, True), (0.02, False), (0.0, True)], decode=0.05)
 
     consumer = Consumer()
     assert pace_fetches(consumer, ratio=ratio)
 
     async def go() -> None:
         fetch = consumer._fetcher._proc_fetch_request
-        await fetch(None, 1, None)  # brought records in 20 ms: the next one waits ratio x 20 ms
+        await fetch(None, 1, None)  # answered in 20 ms (+50 ms reading): the next one waits ratio x 20 ms
         monkeypatch.setattr(asyncio, "sleep", recording_sleep)
         await fetch(None, 1, None)
         monkeypatch.setattr(asyncio, "sleep", _REAL_SLEEP)
