@@ -63,6 +63,17 @@ async def ensure_topics(bootstrap: str, settings: Settings, *, timeout: float = 
                 [NewTopic(name=t, num_partitions=settings.partitions, replication_factor=1) for t in wanted]
             )
             log.info("created topics %s with %d partitions", ", ".join(wanted), settings.partitions)
+        present = [t for t in all_topics(settings) if t in existing]
+        if present:
+            mismatched = await _partition_mismatches(admin, present, settings.partitions)
+            if mismatched:
+                log.warning(
+                    "topics made before with another partition count than the configured %d: %s. Events of one "
+                    "ATM keep one partition per topic, so the engine still sees them together only if facts and "
+                    "bank events have the same count; to change it, recreate the topics (or set "
+                    "ATMGUARD_PARTITIONS to what they have)",
+                    settings.partitions, ", ".join(f"{t} has {n}" for t, n in mismatched.items()),
+                )
         if EPOCH_TOPIC not in existing:
             with contextlib.suppress(Exception):  # another process may have made it meanwhile
                 await admin.create_topics([NewTopic(name=EPOCH_TOPIC, num_partitions=1, replication_factor=1)])
@@ -70,6 +81,18 @@ async def ensure_topics(bootstrap: str, settings: Settings, *, timeout: float = 
         await admin.close()
     await ensure_epoch(bootstrap, timeout=timeout)
     return wanted
+
+
+async def _partition_mismatches(admin: Any, topics: list[str], expected: int) -> dict[str, int]:
+    """Topics whose partition count is not `expected` (a client auto-created them first, or an
+    earlier run used another setting); empty if the broker cannot say."""
+    try:
+        described = await admin.describe_topics(topics)
+    except Exception as exc:  # a diagnosis only: never stop a start over it
+        log.debug("cannot describe topics %s: %s", topics, exc)
+        return {}
+    counts = {str(d.get("topic")): len(d.get("partitions") or []) for d in described if isinstance(d, dict)}
+    return {t: n for t, n in counts.items() if n and n != expected}
 
 
 EPOCH_TOPIC = "atmguard.epoch"

@@ -128,3 +128,35 @@ def test_publish_command_names_the_bad_line(broker: EmbeddedBroker, tmp_path: Pa
                          timeout=60)
     assert out.returncode == 2
     assert f"{bad}:2" in out.stderr and "field" in out.stderr
+
+
+def test_ensure_topics_warns_about_topics_made_with_another_partition_count(
+    broker: EmbeddedBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from atmguard.stream.topics import ensure_topics
+
+    settings = settings_for(broker, tmp_path)  # 4 partitions
+
+    async def go() -> list[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        try:  # an earlier run (or a client's auto-create) made the bank topic with 2
+            await admin.create_topics([NewTopic(name=settings.topic_bank, num_partitions=2, replication_factor=1)])
+        finally:
+            await admin.close()
+        return await ensure_topics(broker.bootstrap, settings)
+
+    with caplog.at_level("WARNING", logger="atmguard.stream.topics"):
+        created = run(go())
+    assert settings.topic_bank not in created and settings.topic_facts in created
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"{settings.topic_bank} has 2" in warning and "configured 4" in warning
+    assert settings.topic_facts not in warning  # made now, with 4
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="atmguard.stream.topics"):
+        run(ensure_topics(broker.bootstrap, settings_for(broker, tmp_path).model_copy(update={"partitions": 2})))
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"{settings.topic_facts} has 4" in warning and settings.topic_bank not in warning
