@@ -19,6 +19,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
+from atmguard.checksums import file_sha256
+
 # names the Tasks PoseLandmarkerGraph looks for inside the bundle
 DETECTOR_NAME = "pose_detector.tflite"
 LANDMARKS_NAME = "pose_landmarks_detector.tflite"
@@ -50,14 +52,6 @@ def cache_dir() -> Path:
     return Path(base) / "atmguard" / "models"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def bundle_key() -> str:
     """mediapipe version + both source models' hashes + the recipe: a new wheel or recipe means a new file."""
     from importlib.metadata import PackageNotFoundError, version
@@ -69,7 +63,7 @@ def bundle_key() -> str:
     except PackageNotFoundError:
         mp_version = getattr(mediapipe, "__version__", "unknown")
     det, lmk = source_models()
-    h = hashlib.sha256(f"{RECIPE}|{mp_version}|{_sha256(det)}|{_sha256(lmk)}".encode())
+    h = hashlib.sha256(f"{RECIPE}|{mp_version}|{file_sha256(det)}|{file_sha256(lmk)}".encode())
     return f"{mp_version}-{h.hexdigest()[:16]}"
 
 

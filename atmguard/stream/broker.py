@@ -9,17 +9,17 @@ so its sha256 is checked before it is ever run.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import time
-from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
+
+from atmguard.checksums import file_sha256_cached
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +43,10 @@ def tansu_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=4)
-def _sha256(path: Path, mtime_ns: int, size: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verified_tansu() -> Path:
     """The Tansu binary, after checking it is exactly the file we pinned."""
     path = tansu_path()
-    st = path.stat()
-    actual = _sha256(path, st.st_mtime_ns, st.st_size)
+    actual = file_sha256_cached(path)
     if actual != TANSU_SHA256:
         raise BrokerError(
             f"{path}: sha256 {actual} does not match the pinned {TANSU_SHA256}; refusing to run it "
