@@ -23,6 +23,7 @@ import asyncio
 import contextvars
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 DEFAULT_RATIO = 4.0
@@ -39,13 +40,20 @@ def pacing_ratio(default: float = DEFAULT_RATIO) -> float:
         return default
 
 
-def pace_fetches(consumer: Any, *, ratio: float | None = None, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> bool:
+def pace_fetches(
+    consumer: Any,
+    *,
+    ratio: float | None = None,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> bool:
     """Pace a *started* aiokafka consumer's fetches; False if it cannot be (pacing off, or an
     aiokafka whose fetcher does not look as expected: the consumer then runs unpaced).
 
     The time that counts is the broker's answer (the fetch request's round trip), not the
     decoding of the records after it: with a backlog a fetch brings thousands of records, and
-    pacing by the whole fetch would idle the consumer four fifths of the time."""
+    pacing by the whole fetch would idle the consumer four fifths of the time. `sleep` is how
+    the wait is spent (a test passes its own to see the waits of this consumer only)."""
     share = pacing_ratio() if ratio is None else ratio
     fetcher: Any = getattr(consumer, "_fetcher", None)
     fetch = getattr(fetcher, "_proc_fetch_request", None)
@@ -70,7 +78,7 @@ def pace_fetches(consumer: Any, *, ratio: float | None = None, max_wait_s: float
         wait = next_at.get(node_id, 0.0) - time.monotonic()
         if wait > 0:
             try:
-                await asyncio.sleep(wait)
+                await sleep(wait)
             except asyncio.CancelledError:
                 return False  # as aiokafka's own fetch does when the assignment changes or it closes
         times: list[float] = []

@@ -51,7 +51,7 @@ def test_a_paced_consumer_reads_every_record_in_order(broker: EmbeddedBroker) ->
 class _FakeClient:
     async def send(self, node_id: int, request: Any) -> Any:
         took, _ = request
-        await _REAL_SLEEP(took)  # the broker's answer
+        await asyncio.sleep(took)  # the broker's answer
         return None
 
 
@@ -67,34 +67,29 @@ class _FakeFetcher:
     async def _proc_fetch_request(self, assignment: Any, node_id: int, request: Any) -> bool:
         took, got = self.answers.pop(0)
         await self._client.send(node_id, (took, got))
-        await _REAL_SLEEP(self.decode)
+        await asyncio.sleep(self.decode)
         return got
 
 
-_REAL_SLEEP = asyncio.sleep
 
 
 @pytest.mark.parametrize(("ratio", "expected_wait"), [(4.0, 0.08), (1.0, 0.02)])
-def test_the_next_fetch_waits_ratio_times_the_last_one_that_brought_records(
-    monkeypatch: pytest.MonkeyPatch, ratio: float, expected_wait: float
-) -> None:
+def test_the_next_fetch_waits_ratio_times_the_last_one_that_brought_records(ratio: float, expected_wait: float) -> None:
     waits: list[float] = []
 
-    async def recording_sleep(delay: float) -> None:
+    async def recording_sleep(delay: float) -> None:  # this consumer's waits only, not the process's
         waits.append(delay)
 
     class Consumer:
         _fetcher = _FakeFetcher([(0.02, True), (0.02, False), (0.0, True)], decode=0.05)
 
     consumer = Consumer()
-    assert pace_fetches(consumer, ratio=ratio)
+    assert pace_fetches(consumer, ratio=ratio, sleep=recording_sleep)
 
     async def go() -> None:
         fetch = consumer._fetcher._proc_fetch_request
         await fetch(None, 1, None)  # answered in 20 ms (+50 ms reading): the next one waits ratio x 20 ms
-        monkeypatch.setattr(asyncio, "sleep", recording_sleep)
         await fetch(None, 1, None)
-        monkeypatch.setattr(asyncio, "sleep", _REAL_SLEEP)
         await fetch(None, 1, None)  # the previous fetch was empty (caught up): no wait
 
     run(go())
