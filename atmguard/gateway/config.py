@@ -21,6 +21,10 @@ class GatewaySettings(BaseSettings):
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After on 503 while the broker is down.")
     hold_ttl_s: float = Field(default=1800.0, gt=0, description="An open hold intervention stops advising hold after this.")
     customer_window_s: float = Field(default=1800.0, gt=0, description="A bank 'has a customer' at an ATM this long after its last event there.")
+    bank_follow_s: float = Field(
+        default=1.0, ge=0,
+        description="How often the gateway reads bank events other gateways or producers published (its own apply at once); 0: as they come.",
+    )
     receipts_memory_s: float = Field(default=86400.0, gt=0, description="Answers of this long ago are replayed from memory.")
     snapshot_dirs: list[Path] = Field(
         default_factory=list, description="Folders the console may show snapshots from; default <data dir>/snapshots."

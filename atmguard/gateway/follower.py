@@ -112,30 +112,44 @@ def notice(iv: dict[str, Any], **extra: Any) -> dict[str, Any]:
 
 
 class TopicFollower:
-    """Background consumer of the three topics; reconnects with backoff while the broker is away."""
+    """Background consumers of the three topics; reconnect with backoff while the broker is away.
 
-    def __init__(self, bootstrap: str, settings: Settings, recorder: Recorder) -> None:
+    Facts and interventions are read as they come (the advisor and the cases need them at once).
+    Bank events are read by a second consumer every `bank_every_s`: this gateway applies the
+    events it accepts itself before answering, so the topic only adds what other gateways or
+    producers published, and every fetch of the busiest topic costs the embedded broker time
+    that grows with everything it keeps (stream/pacing.py). At start-up it reads the bank topic
+    from the beginning without pausing (the advisor's state is rebuilt), then settles.
+    """
+
+    def __init__(self, bootstrap: str, settings: Settings, recorder: Recorder, *, bank_every_s: float = 1.0) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
         self.recorder = recorder
-        self._task: asyncio.Task[None] | None = None
+        self.bank_every_s = bank_every_s
+        self._tasks: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        s, loop = self.settings, asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._run((s.topic_facts, s.topic_interventions), every_s=0.0)),
+            loop.create_task(self._run((s.topic_bank,), every_s=self.bank_every_s)),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+                await task
 
-    async def _run(self) -> None:
+    async def _run(self, topics: tuple[str, ...], *, every_s: float) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        s = self.settings
-        topics = (s.topic_facts, s.topic_bank, s.topic_interventions)
+        interventions = self.settings.topic_interventions
+        max_records = 500
         delay = 0.5
         while True:
             consumer = AIOKafkaConsumer(
@@ -150,28 +164,36 @@ class TopicFollower:
             try:
                 await consumer.start()
                 pace_fetches(consumer)  # see atmguard/stream/pacing.py: the embedded broker's fetches slow with age
-                self.ready.set()
+                if interventions in topics:
+                    self.ready.set()
                 delay = 0.5
                 loop = asyncio.get_running_loop()
                 next_rules_check = loop.time() + 5
                 while True:
-                    batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                    batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
                     watcher = self.recorder.advisor.watcher if self.recorder.advisor is not None else None
-                    if watcher is not None and loop.time() >= next_rules_check:
+                    if watcher is not None and interventions in topics and loop.time() >= next_rules_check:
                         next_rules_check = loop.time() + 5
                         watcher.check()
+                    got = 0
                     for tp, records in batches.items():
+                        got += len(records)
                         for rec in records:
                             if rec.value is None:
                                 continue
-                            if tp.topic == s.topic_interventions:
+                            if tp.topic == interventions:
                                 await self.recorder.on_intervention_record(rec.value)
                             else:
                                 self.recorder.on_event_record(rec.value)
+                    if every_s > 0 and got < max_records:  # caught up: no fetching until the next read
+                        assigned = consumer.assignment()
+                        consumer.pause(*assigned)
+                        await asyncio.sleep(every_s)
+                        consumer.resume(*assigned)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("topic follower lost the broker (%r); retrying in %.1f s", exc, delay)
+                log.warning("topic follower of %s lost the broker (%r); retrying in %.1f s", ", ".join(topics), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
             finally:

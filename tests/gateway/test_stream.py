@@ -169,3 +169,33 @@ async def test_banks_get_signed_webhooks_when_an_intervention_opens_and_closes(s
             await asyncio.sleep(0.05)
         closed = json.loads(received[-1][1])
         assert closed["event"] == "intervention.closed" and closed["intervention"]["outcome"] == "false_alarm"
+
+
+async def test_bank_events_other_producers_published_reach_the_advisor(settings: Settings, broker: Any) -> None:
+    """Another gateway accepted the big transfer; this one learns it from the bank topic (read
+    every `bank_follow_s`) and advises hold once the caller on the phone completes the rule."""
+    from atmguard.gateway.config import GatewaySettings
+
+    publisher = EventPublisher(broker.bootstrap, settings, timeout=2.0)
+    await publisher.start(strict=True)
+    app = create_app(settings, publisher=publisher, bootstrap=broker.bootstrap, config=GatewaySettings(bank_follow_s=0.3))
+    key = app.state.gateway.keys.add("halyk")
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        ) as client:
+            stack = Stack(app, client, key, publisher, broker.bootstrap)
+            await publisher.publish(parse_event(fact(11, atm="atm-zhez-007", duration=120, at=0)))
+            await publisher.publish(parse_event(bank_event("elsewhere-1", atm="atm-zhez-007", amount=400_000, at=10)))
+            answers = []
+            for n in range(60):  # a small transfer: only the other gateway's event can make it "hold"
+                r = await stack.post(bank_event(f"small-{n}", atm="atm-zhez-007", amount=5_000, at=20))
+                answers.append(r.json()["advice"])
+                if answers[-1] == "hold":
+                    break
+                await asyncio.sleep(0.1)
+            assert answers[-1] == "hold", answers
+            advice = r.json()
+            assert advice["reason"].startswith("atm-zhez-007: on the phone 120s, transfer 400000")
+    finally:
+        await publisher.stop()
