@@ -119,7 +119,8 @@ class TopicFollower:
     events it accepts itself before answering, so the topic only adds what other gateways or
     producers published, and every fetch of the busiest topic costs the embedded broker time
     that grows with everything it keeps (stream/pacing.py). At start-up it reads the bank topic
-    from the beginning without pausing (the advisor's state is rebuilt), then settles.
+    from the beginning without pausing while fetches come back full (the advisor's state is
+    rebuilt), then settles.
     """
 
     def __init__(self, bootstrap: str, settings: Settings, recorder: Recorder, *, bank_every_s: float = 1.0) -> None:
