@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Histogram
 
 from atmguard.contracts import BankEvent, BehaviorFact, Intervention
 from atmguard.errors import AtmGuardError
@@ -21,6 +24,14 @@ if TYPE_CHECKING:
     from atmguard.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ACK_SECONDS = Histogram(
+    "atmguard_broker_ack_seconds",
+    "From sending records to the broker's acknowledgement, by topic (a bank API answer waits for it).",
+    ["topic"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
+             0.5, 1.0, 2.5, 5.0),
+)
 
 
 class BrokerUnavailable(AtmGuardError):
@@ -107,7 +118,9 @@ class EventPublisher:
         for attempt in (1, 2):
             producer = await self._connect()
             try:
+                sent = time.perf_counter()
                 await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self.timeout)
+                ACK_SECONDS.labels(topic).observe(time.perf_counter() - sent)
                 return
             except asyncio.CancelledError:
                 raise
@@ -140,14 +153,20 @@ class EventPublisher:
         """Send several records pipelined (order kept per key), wait for all acks; return how many."""
         producer = await self._connect()
         futures = []
+        topics: set[str] = set()
+        sent = time.perf_counter()
         try:
             for event in events:
+                topics.add(self.topic_for(event))
                 futures.append(
                     await producer.send(
                         self.topic_for(event), event.to_json().encode(), key=event_key(event).encode()
                     )
                 )
             await asyncio.wait_for(asyncio.gather(*futures), self.timeout + 0.001 * len(futures))
+            took = time.perf_counter() - sent
+            for topic in topics:  # one observation per topic of the batch: the time its last ack took
+                ACK_SECONDS.labels(topic).observe(took)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -160,3 +160,37 @@ def test_ensure_topics_warns_about_topics_made_with_another_partition_count(
         run(ensure_topics(broker.bootstrap, settings_for(broker, tmp_path).model_copy(update={"partitions": 2})))
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert f"{settings.topic_facts} has 4" in warning and settings.topic_bank not in warning
+
+
+def test_publisher_records_how_long_the_broker_took_to_acknowledge(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """atmguard_broker_ack_seconds{topic}: what a bank API answer waits for, on /metrics and in the gateway bench."""
+    from atmguard.gateway.bench import ack_buckets, ack_quantile_ms
+
+    settings = settings_for(broker, tmp_path)
+    before, facts_before = ack_buckets(settings.topic_bank), ack_buckets(settings.topic_facts)
+
+    async def go() -> None:
+        async with EventPublisher(broker.bootstrap, settings) as pub:
+            for i in range(5):
+                await pub.publish(transfer("ATM-9", i))
+            await pub.publish_many([transfer("ATM-9", 10), transfer("ATM-9", 11)])
+
+    run(go())
+    after = ack_buckets(settings.topic_bank)
+    assert after[-1][0] == float("inf")
+    assert after[-1][1] - dict(before).get(float("inf"), 0.0) == 6  # five single publishes + one batch
+    assert ack_buckets(settings.topic_facts) == facts_before  # by topic: nothing was sent to the facts topic
+    p99 = ack_quantile_ms(before, after, 0.99)
+    assert p99 is not None and 0 < p99 < 5000
+
+
+def test_ack_quantiles_are_bucket_bounds_of_the_acks_between_two_snapshots() -> None:
+    from atmguard.gateway.bench import ack_quantile_ms
+
+    before = [(0.001, 10.0), (0.01, 10.0), (0.1, 10.0), (float("inf"), 10.0)]
+    after = [(0.001, 60.0), (0.01, 108.0), (0.1, 110.0), (float("inf"), 110.0)]  # 50 under 1 ms, 48 under 10, 2 under 100
+    assert ack_quantile_ms(before, after, 0.5) == 1.0
+    assert ack_quantile_ms(before, after, 0.9) == 10.0
+    assert ack_quantile_ms(before, after, 0.99) == 100.0
+    assert ack_quantile_ms(after, after, 0.99) is None  # nothing acknowledged in between
+    assert ack_quantile_ms([], after, 0.5) == 1.0  # the first snapshot of a label that did not exist yet
