@@ -78,6 +78,27 @@ class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()
         pace_fetches(self._consumer)  # the embedded broker's fetch cost grows with what it keeps (stream/pacing.py)
 
+    async def seek_to_committed(self) -> Any:
+        """Seek to the committed offsets; an input partition with none goes back to its beginning.
+
+        aiokafka's `seek_to_committed` leaves a partition where it is when nothing (or 0) was
+        committed. Records of an input partition fetched while Faust recovered the table are
+        taken from the consumer and dropped by Faust, so after a restart with nothing committed
+        yet they were skipped for good (found by tests/stream/test_resets.py under load: the
+        transfer of an interrupted batch never came again). Nothing committed means "from the
+        beginning" here (`consumer_auto_offset_reset="earliest"`).
+        """
+        return await self.call_thread(self._seek_to_committed_or_beginning)
+
+    async def _seek_to_committed_or_beginning(self) -> Any:
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        inputs: set[str] = getattr(self.app.conf, "atmguard_input_topics", set())
+        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in inputs]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        return committed
+
     async def _commit(self, offsets: Any) -> bool:
         """Commit in the consumer thread, bounded, and never for a fenced engine.
 
@@ -346,6 +367,7 @@ class Engine:
         # read by _LowLatencyConsumerThread; Settings objects accept extra attributes
         self.app.conf.atmguard_fetch_max_wait_ms = options.fetch_max_wait_ms  # type: ignore[attr-defined]
         self.app.conf.atmguard_commit_timeout_s = options.commit_timeout_s  # type: ignore[attr-defined]
+        self.app.conf.atmguard_input_topics = {settings.topic_facts, settings.topic_bank}  # type: ignore[attr-defined]
         self.inputs = self.app.topic(
             settings.topic_facts, settings.topic_bank, value_serializer="raw", key_serializer="raw"
         )
