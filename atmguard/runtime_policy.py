@@ -115,6 +115,8 @@ async def _run(freeze_every_s: float, full_every_s: float) -> None:
     last_full = last_count = time.monotonic()
     while True:
         await asyncio.sleep(freeze_every_s)
+        if _task is not asyncio.current_task():
+            return  # superseded: a later install (another loop of this process) owns the policy now
         if full_every_s > 0 and time.monotonic() - last_full >= full_every_s:
             last_full = time.monotonic()
             found = full_collection()

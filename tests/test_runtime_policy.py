@@ -18,7 +18,10 @@ class Node:
 
 
 @pytest.fixture
-def policy() -> Iterator[None]:
+def policy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # a policy another test's service left running (in its own loop) retires at its next wake-up
+    # instead of freezing this test's objects under it (gc.freeze() is process-wide)
+    monkeypatch.setattr(runtime_policy, "_task", None)
     switch = sys.getswitchinterval()
     yield
     gc.unfreeze()
