@@ -776,7 +776,7 @@ class Engine:
                 self._changelog(partition, key, None)
 
     def _active_partitions(self) -> set[int]:
-        inputs = {self.settings.topic_facts, self.settings.topic_bank}
+        inputs: set[str] = self.app.conf.atmguard_input_topics  # type: ignore[attr-defined]
         try:
             assigned = self.app.consumer.assignment()
         except Exception:  # noqa: BLE001
