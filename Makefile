@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/atmguard demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check atmguard tests
+	$(BIN)/ruff check atmguard benchmarks tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

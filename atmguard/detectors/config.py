@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from atmguard.errors import ConfigError
+from atmguard.core.errors import ConfigError
 
 
 class Strict(BaseModel):

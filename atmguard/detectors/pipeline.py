@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.gating import MotionGate
 from atmguard.detectors.landmarks import LandmarkModels, Landmarks

@@ -19,7 +19,7 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from atmguard.checksums import file_sha256
+from atmguard.core.checksums import file_sha256
 
 # names the Tasks PoseLandmarkerGraph looks for inside the bundle
 DETECTOR_NAME = "pose_detector.tflite"

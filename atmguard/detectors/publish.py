@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import TextIO
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,15 @@ def bootstrap_of(broker: str) -> str:
 
 
 class BrokerSink:
-    """Publishes facts to settings.topic_facts via atmguard.stream.publisher.EventPublisher (key = atm_id)."""
+    """Publishes facts to settings.topic_facts via atmguard.kafka.publisher.EventPublisher (key = atm_id)."""
 
     def __init__(self, broker: str, *, retry_s: float = 1.0) -> None:
-        from atmguard.settings import get_settings
+        from atmguard.core.settings import get_settings
 
         try:
-            from atmguard.stream.publisher import EventPublisher
+            from atmguard.kafka.publisher import EventPublisher
         except ImportError as exc:  # the stream part is not installed/finished
-            raise RuntimeError(f"publishing needs atmguard.stream.publisher: {exc}") from None
+            raise RuntimeError(f"publishing needs atmguard.kafka.publisher: {exc}") from None
         self.settings = get_settings().model_copy(update={"broker": broker})
         self._publisher = EventPublisher(bootstrap_of(broker), self.settings)
         self._queue: queue.Queue[BehaviorFact | None] = queue.Queue()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.pipeline import CameraPipeline
 from atmguard.detectors.sources import LiveSource, is_stream

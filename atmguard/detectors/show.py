@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from atmguard.local_http import ThreadedServer
+from atmguard.core.local_http import ThreadedServer
 
 BOUNDARY = "atmguard-frame"
 HOST = "127.0.0.1"

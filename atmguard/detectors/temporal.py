@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import Thresholds
 from atmguard.detectors.signals import FrameSignals
 

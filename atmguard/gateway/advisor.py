@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from atmguard.contracts import BankEvent, BehaviorFact, Intervention
+from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention
 
 log = logging.getLogger(__name__)
 

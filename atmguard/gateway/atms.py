@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from atmguard.errors import ConfigError
+from atmguard.core.errors import ConfigError
 from atmguard.notifier.config import load_deployment
 
 log = logging.getLogger(__name__)

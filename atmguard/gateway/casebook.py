@@ -14,7 +14,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from atmguard.contracts import SEVERITY_ORDER, Intervention
+from atmguard.core.contracts import SEVERITY_ORDER, Intervention
 from atmguard.gateway.atms import AtmInfo
 from atmguard.gateway.live import LiveFeed
 from atmguard.store.cases import (

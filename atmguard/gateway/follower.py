@@ -16,12 +16,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from atmguard.contracts import BANK_EVENT_TYPES, BankEvent, Intervention, parse_event
+from atmguard.core.contracts import BANK_EVENT_TYPES, BankEvent, Intervention, parse_event
+from atmguard.core.settings import Settings
 from atmguard.gateway.advisor import HoldAdvisor
 from atmguard.gateway.casebook import CaseBook
 from atmguard.gateway.webhooks import BankWebhooks
-from atmguard.settings import Settings
-from atmguard.stream.pacing import pace_fetches
+from atmguard.kafka.pacing import pace_fetches
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class TopicFollower:
     Bank events are read by a second consumer every `bank_every_s`: this gateway applies the
     events it accepts itself before answering, so the topic only adds what other gateways or
     producers published, and every fetch of the busiest topic costs the embedded broker time
-    that grows with everything it keeps (stream/pacing.py). At start-up it reads the bank topic
+    that grows with everything it keeps (kafka/pacing.py). At start-up it reads the bank topic
     from the beginning without pausing while fetches come back full (the advisor's state is
     rebuilt), then settles.
     """
@@ -164,7 +164,7 @@ class TopicFollower:
             )
             try:
                 await consumer.start()
-                pace_fetches(consumer)  # see atmguard/stream/pacing.py: the embedded broker's fetches slow with age
+                pace_fetches(consumer)  # see atmguard/kafka/pacing.py: the embedded broker's fetches slow with age
                 if interventions in topics:
                     self.ready.set()
                 delay = 0.5

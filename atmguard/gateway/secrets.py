@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from atmguard.settings import Settings
+from atmguard.core.settings import Settings
 
 
 def _file_secret(path: Path) -> str:

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from atmguard.errors import ConfigError
+from atmguard.core.errors import ConfigError
 from atmguard.rules.schema import parse_duration
 
 Language = Literal["ru", "kk", "en"]

@@ -18,7 +18,7 @@ from typing import Protocol
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from atmguard.contracts import Intervention
+from atmguard.core.contracts import Intervention
 from atmguard.notifier.clock import Clock
 from atmguard.notifier.config import DeploymentConfig
 from atmguard.notifier.db import NotifierDB

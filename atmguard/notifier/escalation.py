@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from atmguard.contracts import SEVERITY_ORDER, Intervention
+from atmguard.core.contracts import SEVERITY_ORDER, Intervention
 from atmguard.notifier.clock import Clock
 from atmguard.notifier.config import DeploymentConfig
 from atmguard.notifier.db import NotifierDB

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from atmguard.contracts import BANK_EVENT_TYPES, Intervention
+from atmguard.core.contracts import BANK_EVENT_TYPES, Intervention
 from atmguard.notifier.config import LANGUAGES, Atm
 from atmguard.notifier.segments import fit
 

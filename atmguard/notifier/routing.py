@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from atmguard.contracts import Actions, Intervention
+from atmguard.core.contracts import Actions, Intervention
 from atmguard.notifier.config import DeploymentConfig, Targets
 from atmguard.notifier.masking import mask_phone
 from atmguard.notifier.messages import console_link, render_sms, render_voice, twiml

@@ -26,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from twilio.rest import Client
 
-from atmguard.contracts import Intervention
+from atmguard.core.contracts import Intervention
+from atmguard.core.settings import Settings
 from atmguard.notifier.acks import parse_reply
 from atmguard.notifier.clock import Clock, SystemClock
 from atmguard.notifier.config import DeploymentConfig, Person
@@ -49,7 +50,6 @@ from atmguard.notifier.routing import Planned, plan
 from atmguard.notifier.sms import SmsChannel
 from atmguard.notifier.twilio_client import make_twilio_client, twilio_credentials
 from atmguard.notifier.webhook import WebhookChannel
-from atmguard.settings import Settings
 from atmguard.store.db import alembic_config
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class NotifierService:
         self._ready = asyncio.Event()
         self._migrated = False
 
-        from atmguard.notifier.webhooks import create_ack_router, create_router
+        from atmguard.notifier.api import create_ack_router, create_router
 
         self.router: APIRouter = create_router(self)
         """Twilio webhooks (status callbacks, inbound SMS): mount at prefix "/twilio"."""
@@ -468,12 +468,12 @@ class NotifierService:
     async def _consume_forever(self, bootstrap: str) -> None:
         """Keep a consumer running: a broker that is away or restarts is reconnected to.
 
-        The consumer group is per broker epoch (atmguard.stream.topics): when the in-memory
+        The consumer group is per broker epoch (atmguard.kafka.topics): when the in-memory
         broker restarted empty, a commit of the old consumer still under way lands in the old
         epoch's group, not in the one read from then on (it would skip the interventions
         published after the restart). On an epoch change the consumer is replaced.
         """
-        from atmguard.stream.topics import EpochWatch, ensure_epoch, ensure_topics
+        from atmguard.kafka.topics import EpochWatch, ensure_epoch, ensure_topics
 
         delay = 1.0
         while True:

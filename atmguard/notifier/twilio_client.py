@@ -14,8 +14,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
-from atmguard.errors import ConfigError
-from atmguard.settings import Settings
+from atmguard.core.errors import ConfigError
+from atmguard.core.settings import Settings
 
 TWILIO_ORIGIN = "https://api.twilio.com"
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, NaiveDatetime
 
-from atmguard.contracts import EVENT_NAMES
+from atmguard.core.contracts import EVENT_NAMES
 from atmguard.rules.schema import (
     ALIAS_RE,
     MESSAGE_NAMES,

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from atmguard.errors import RuleError
+from atmguard.core.errors import RuleError
 from atmguard.rules.schema import OPERATORS, REFERENCE_RE, Group, Pattern, Rule
 
 MAX_BRANCHES = 64

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atmguard.contracts import EVENT_NAMES, SEVERITY_ORDER
+from atmguard.core.contracts import EVENT_NAMES, SEVERITY_ORDER
 from atmguard.rules.checks import FieldKind, field_kind
 from atmguard.rules.schema import OPERATORS, event_fields
 

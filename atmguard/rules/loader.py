@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from atmguard.contracts import Actions
-from atmguard.errors import RuleError
-from atmguard.rules import yamlpos
+from atmguard.core import yamlpos
+from atmguard.core.contracts import Actions
+from atmguard.core.errors import RuleError
 from atmguard.rules.checks import Issue, check_rule_data, did_you_mean
 from atmguard.rules.schema import Group, Pattern, Rule, When
 
@@ -192,7 +192,7 @@ def validate_rule_tree(tree: Any, plain_data: Any) -> tuple[Rule | None, list[Is
 
 def load_rule_text(text: str, path: str = "<rules>") -> list[LoadedRule]:
     """Rules of one YAML text; raises RuleSetError with all its errors."""
-    from atmguard.errors import RuleSetError
+    from atmguard.core.errors import RuleSetError
 
     try:
         tree = yamlpos.load_yaml(text, path)

@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from atmguard.contracts import BankEvent, BehaviorFact, Intervention, event_sort_key, parse_event
-from atmguard.errors import EventError, RuleError
-from atmguard.rules import yamlpos
+from atmguard.core import yamlpos
+from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention, event_sort_key, parse_event
+from atmguard.core.errors import EventError, RuleError
 from atmguard.rules.ruleset import RuleSet
 
 Event = BehaviorFact | BankEvent

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from atmguard.errors import RuleError, RuleSetError
+from atmguard.core.errors import RuleError, RuleSetError
 from atmguard.rules.loader import LoadedRule, RuleSource, is_rule_file, is_test_file, load_rule_file
 from atmguard.rules.schema import Rule
 

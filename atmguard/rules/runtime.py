@@ -57,7 +57,7 @@ from typing import Any, Protocol
 import durable_rules_engine as _dre
 from pydantic import AwareDatetime, BaseModel, Field
 
-from atmguard.contracts import (
+from atmguard.core.contracts import (
     Actions,
     BankEvent,
     BehaviorFact,
@@ -66,7 +66,7 @@ from atmguard.contracts import (
     intervention_id,
     parse_event,
 )
-from atmguard.errors import RuleError
+from atmguard.core.errors import RuleError
 from atmguard.rules.compiler import Branch, CompiledGroup, CompiledRule, compile_rules, durable_field
 from atmguard.rules.schema import Rule
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from atmguard.contracts import BANK_EVENT_TYPES, BEHAVIORS, EVENT_NAMES, Actions, BankEvent, BehaviorFact
+from atmguard.core.contracts import BANK_EVENT_TYPES, BEHAVIORS, EVENT_NAMES, Actions, BankEvent, BehaviorFact
 
 OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "matches")
 

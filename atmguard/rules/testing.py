@@ -24,9 +24,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from atmguard.contracts import BANK_EVENT_TYPES, BEHAVIORS, BankEvent, BehaviorFact, Intervention, parse_event
-from atmguard.errors import EventError, RuleError, RuleSetError
-from atmguard.rules import yamlpos
+from atmguard.core import yamlpos
+from atmguard.core.contracts import (
+    BANK_EVENT_TYPES,
+    BEHAVIORS,
+    BankEvent,
+    BehaviorFact,
+    Intervention,
+    parse_event,
+)
+from atmguard.core.errors import EventError, RuleError, RuleSetError
 from atmguard.rules.checks import did_you_mean
 from atmguard.rules.loader import RULE_SUFFIXES, TEST_SUFFIXES, is_test_content, is_test_file
 from atmguard.rules.ruleset import RuleSet, load_rules

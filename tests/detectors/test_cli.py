@@ -14,15 +14,15 @@ import cv2
 import httpx
 import numpy as np
 
-from atmguard.contracts import BehaviorFact, parse_event
+from atmguard.core.contracts import BehaviorFact, parse_event
 from tests.conftest import REPO
 from tests.detectors.conftest import footage
 
-ATMGUARD = [sys.executable, "-m", "atmguard.cli"]
+ATMGUARD = [sys.executable, "-m", "atmguard.apps.cli"]
 
 
 def run(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    code = "from atmguard.cli import main; main()"
+    code = "from atmguard.apps.cli import main; main()"
     # the multi-person pose bundle (max_people 2, the default) goes to the session's cache folder, not the repo
     cache = {"ATMGUARD_MODEL_CACHE": os.environ["ATMGUARD_MODEL_CACHE"]} if "ATMGUARD_MODEL_CACHE" in os.environ else {}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
@@ -99,8 +99,8 @@ def test_detect_publishes_facts_to_the_broker(tmp_path: Path) -> None:
 
     from aiokafka import AIOKafkaConsumer
 
-    from atmguard.settings import Settings
-    from atmguard.stream.broker import EmbeddedBroker
+    from atmguard.core.settings import Settings
+    from atmguard.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=0, data_dir=tmp_path / "broker") as broker:
         proc = run("detect", "--source", str(footage("b_intel_headpose_female_turns.gif")), "--atm-id", "atm-zhez-002",
@@ -154,7 +154,7 @@ def _jpeg_parts(stream: httpx.Response, boundary: str, want: int) -> list[bytes]
 def test_detect_show_without_a_gui_streams_annotated_frames_over_http() -> None:
     # this install's OpenCV is headless (as on a box beside the cameras): --show serves an MJPEG stream
     clip = footage("a_suzie_landline_phone_at_ear.mp4")  # 176x144, 5 s, played at its own rate with --show
-    code = "from atmguard.cli import main; main()"
+    code = "from atmguard.apps.cli import main; main()"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(REPO), "ATMGUARD_MODEL_CACHE": os.environ["ATMGUARD_MODEL_CACHE"]}
     proc = subprocess.Popen([sys.executable, "-c", code, "detect", "--source", str(clip), "--atm-id", "atm-zhez-001",
                              "--jsonl", "--show", "--start", "2026-02-14T10:00:00+05:00"],

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from atmguard.core.errors import ConfigError
 from atmguard.detectors.config import load_cameras
-from atmguard.errors import ConfigError
 
 
 def test_example_cameras_load(repo: Path) -> None:

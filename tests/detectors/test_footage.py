@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig, Thresholds
 from atmguard.detectors.pipeline import iter_facts, iter_results
 from tests.detectors.conftest import T0, footage

@@ -7,7 +7,7 @@ import threading
 
 from prometheus_client import REGISTRY
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig, Thresholds
 from atmguard.detectors.runner import run_cameras, split
 from tests.detectors.conftest import footage

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from atmguard.contracts import BehaviorFact
+from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import Thresholds
 from atmguard.detectors.landmarks import Landmarks
 from atmguard.detectors.recording import load

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from atmguard.core.settings import Settings
 from atmguard.gateway.auth import sign_headers
-from atmguard.settings import Settings
 from tests.conftest import REPO
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
@@ -105,7 +105,7 @@ class RecordingPublisher:
 
     async def publish(self, event: Any) -> None:
         if self.down:
-            from atmguard.stream.publisher import BrokerUnavailable
+            from atmguard.kafka.publisher import BrokerUnavailable
 
             raise BrokerUnavailable("test: broker down", retry_after=3)
         self.events.append(event)
@@ -140,7 +140,7 @@ def signed(bank: str, key: str, payload: Any, *, now: float | None = None) -> tu
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Any]:
     """The real embedded broker (Tansu) on a free port."""
-    from atmguard.stream.broker import EmbeddedBroker
+    from atmguard.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=0, data_dir=tmp_path / "broker") as b:
         yield b

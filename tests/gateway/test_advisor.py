@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from atmguard.contracts import BankEvent, parse_event
+from atmguard.core.contracts import BankEvent, parse_event
 from atmguard.gateway.advisor import advisor_from_rules
 from tests.gateway.conftest import HOLD_RULE, bank_event, fact
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from atmguard.contracts import Intervention
-from atmguard.gateway.app import create_app
+from atmguard.core.contracts import Intervention
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import create_app
 from atmguard.gateway.users import add_user
-from atmguard.settings import Settings
-from atmguard.stream.publisher import EventPublisher
+from atmguard.kafka.publisher import EventPublisher
 from tests.conftest import REPO
 from tests.gateway.conftest import T0, fact, serve
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from atmguard.cli import app
+from atmguard.apps.cli import app
 from atmguard.gateway.auth import sign_headers, verify
 
 runner = CliRunner()
@@ -39,9 +39,9 @@ def test_bank_keys_add_rotate_revoke_list(tmp_path: Path) -> None:
 
 
 def test_key_from_the_cli_signs_requests_the_gateway_accepts(tmp_path: Path) -> None:
+    from atmguard.core.settings import Settings
     from atmguard.gateway.keys import BankKeys
     from atmguard.gateway.secrets import bank_master_secret
-    from atmguard.settings import Settings
     from atmguard.store.db import make_engine, make_sessionmaker
 
     key = run("banks", "add", "kaspi", "--data-dir", str(tmp_path)).strip().splitlines()[0]
@@ -61,8 +61,8 @@ def test_users_add_with_password_on_stdin(tmp_path: Path) -> None:
 
 
 def test_cases_export_labels_command(tmp_path: Path) -> None:
+    from atmguard.core.settings import Settings
     from atmguard.gateway.casebook import CaseBook
-    from atmguard.settings import Settings
     from atmguard.store.db import make_engine, make_sessionmaker, migrate
     from tests.gateway.test_store import intervention
 

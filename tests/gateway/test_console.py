@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from atmguard.gateway.app import create_app
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import create_app
 from atmguard.gateway.users import add_user
-from atmguard.settings import Settings
 from tests.gateway.conftest import RecordingPublisher
 from tests.gateway.test_store import intervention
 

@@ -11,11 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from atmguard.contracts import Intervention, parse_event
-from atmguard.gateway.app import create_app
+from atmguard.core.contracts import Intervention, parse_event
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import create_app
 from atmguard.gateway.config import GatewaySettings
 from atmguard.gateway.keys import BankKeys
-from atmguard.settings import Settings
 from tests.gateway.conftest import RecordingPublisher, bank_event, fact, signed
 
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import httpx
 
-from atmguard.gateway.app import _notifier_changed, create_app
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import _notifier_changed, create_app
 from atmguard.gateway.users import add_user
 from atmguard.notifier.models import Acknowledgement, Notification, NotifiedIntervention
-from atmguard.settings import Settings
 from tests.gateway.conftest import RecordingPublisher
 from tests.gateway.test_console import csrf_of, login
 from tests.gateway.test_store import intervention

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from atmguard.gateway.app import create_app
-from atmguard.settings import Settings
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import create_app
 from tests.conftest import REPO
 from tests.gateway.conftest import RecordingPublisher, serve
 

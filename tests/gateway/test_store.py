@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from atmguard.contracts import Intervention
+from atmguard.core.contracts import Intervention
 from atmguard.gateway.casebook import CaseBook, CaseError
 from atmguard.gateway.labels import export_labels
 from atmguard.store.cases import AuditEntry

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from atmguard.contracts import Intervention, parse_event
-from atmguard.gateway.app import create_app
+from atmguard.core.contracts import Intervention, parse_event
+from atmguard.core.settings import Settings
+from atmguard.gateway.api.app import create_app
 from atmguard.gateway.auth import verify
-from atmguard.settings import Settings
-from atmguard.stream.publisher import EventPublisher
+from atmguard.kafka.publisher import EventPublisher
 from tests.gateway.conftest import T0, bank_event, fact, serve, signed
 
 pytestmark = pytest.mark.slow

@@ -18,12 +18,12 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from atmguard.contracts import Actions, Intervention, MatchedEvent, intervention_id
+from atmguard.apps.twilio_sink import TwilioSink
+from atmguard.core.contracts import Actions, Intervention, MatchedEvent, intervention_id
+from atmguard.core.settings import Settings
 from atmguard.notifier.clock import ManualClock
 from atmguard.notifier.config import DeploymentConfig, load_deployment, parse_deployment
 from atmguard.notifier.service import InterventionStatus, NotifierService
-from atmguard.notifier.twilio_sink import TwilioSink
-from atmguard.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"

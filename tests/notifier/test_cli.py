@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
-from atmguard.cli import app
+from atmguard.apps.cli import app
 from atmguard.notifier.service import migrate_notifier
 
 from .conftest import CONFIGS
@@ -47,10 +47,10 @@ def test_notifier_migration_is_its_own_alembic_branch(tmp_path: Path):
 def test_notify_ack_from_the_command_line(tmp_path: Path, monkeypatch):
     import asyncio
 
+    from atmguard.apps.twilio_sink import TwilioSink
+    from atmguard.core.settings import Settings, get_settings
     from atmguard.notifier.config import load_deployment
     from atmguard.notifier.service import NotifierService
-    from atmguard.notifier.twilio_sink import TwilioSink
-    from atmguard.settings import Settings, get_settings
 
     from .conftest import make_iv
 
@@ -85,8 +85,8 @@ def test_twilio_sink_command_serves_the_sdk(tmp_path: Path):
 
     import httpx
 
+    from atmguard.core.settings import Settings
     from atmguard.notifier.twilio_client import make_twilio_client
-    from atmguard.settings import Settings
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATMGUARD_")}
     proc = subprocess.Popen(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atmguard.errors import ConfigError
+from atmguard.core.errors import ConfigError
 from atmguard.notifier.config import DeploymentConfigError, load_deployment, parse_deployment
 
 from .conftest import CONFIGS, DAY, NIGHT

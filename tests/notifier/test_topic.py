@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from atmguard.core.settings import Settings
 from atmguard.notifier.service import NotifierService
-from atmguard.settings import Settings
 
 from .conftest import CONFIGS, make_iv
 
@@ -19,7 +19,7 @@ async def test_interventions_on_the_topic_are_sent_once(sink, deployment, tmp_pa
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    from atmguard.stream.broker import EmbeddedBroker
+    from atmguard.kafka.broker import EmbeddedBroker
 
     settings = Settings(twilio_base_url=sink.base_url, public_url="http://127.0.0.1:9", config_dir=CONFIGS, partitions=2)
     with EmbeddedBroker() as broker:

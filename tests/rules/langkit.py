@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from atmguard.cli import app
+from atmguard.apps.cli import app
 
 ISSUE_RULE = """\
 rule: coached-transfer

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from atmguard.errors import RuleError
+from atmguard.core.errors import RuleError
 from atmguard.rules.compiler import check_rule, compile_rules, translate_regex
 from atmguard.rules.schema import Rule
 from tests.rules.test_runtime import COACHED, SECOND, rule

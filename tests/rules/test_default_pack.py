@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from atmguard.contracts import BehaviorFact, read_events
+from atmguard.core.contracts import BehaviorFact, read_events
 from atmguard.rules import load_rules
 from tests.conftest import REPO
 from tests.rules.langkit import ISSUE_RULE, run

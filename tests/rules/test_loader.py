@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from atmguard.errors import RuleSetError
+from atmguard.core.errors import RuleSetError
 from atmguard.rules import RuleSet, load_rules
 from atmguard.rules.loader import load_rule_text
 from atmguard.rules.schema import Group, Pattern

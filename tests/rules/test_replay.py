@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from atmguard.contracts import Intervention, intervention_id
+from atmguard.core.contracts import Intervention, intervention_id
 from tests.conftest import REPO
 from tests.rules.langkit import run, write
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from atmguard.contracts import BankEvent, BehaviorFact, intervention_id
+from atmguard.core.contracts import BankEvent, BehaviorFact, intervention_id
 from atmguard.rules.runtime import KeyState, RuleEngine
 from atmguard.rules.schema import Rule
 

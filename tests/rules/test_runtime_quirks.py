@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from atmguard.errors import RuleError
+from atmguard.core.errors import RuleError
 from atmguard.rules.compiler import CompiledGroup
 from atmguard.rules.runtime import RuleEngine, _Live, fnv1a32
 from atmguard.rules.schema import Rule

@@ -1,0 +1,1 @@
+"""`atmguard demo`: the Zhezkazgan scenario end to end on the embedded stack."""

@@ -1,0 +1,1 @@
+"""The ground floor: contracts, errors, YAML positions, settings; imports nothing else of atmguard."""

@@ -1,0 +1,1 @@
+"""The gateway's HTTP face: the app, its shared state and one router per resource."""

@@ -1,0 +1,1 @@
+"""The Kafka seam: topics, the broker epoch, the publisher, fetch pacing, the embedded broker."""

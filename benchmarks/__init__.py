@@ -1,0 +1,1 @@
+"""Benchmark harnesses behind `atmguard bench ...`; kept outside the package (they are not the product)."""
