@@ -25,6 +25,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check atmguard benchmarks tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -34,6 +35,10 @@ schemas: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# the fast tests alone: no broker, browser or model (those are marked slow); well under a minute
+unit: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

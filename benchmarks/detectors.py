@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from atmguard.core.settings import Settings
 from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.pipeline import CameraPipeline
 from atmguard.detectors.publish import StdoutSink
@@ -34,7 +35,8 @@ T0 = datetime(2026, 2, 14, 10, 0, tzinfo=UTC)
 
 
 def default_footage() -> Path:
-    return Path(__file__).resolve().parents[2] / "shared" / "footage"
+    """The footage folder from the settings (ATMGUARD_FOOTAGE, default ../shared/footage beside the checkout)."""
+    return Settings().footage
 
 
 def _decode(path: Path, limit: int, min_width: int = 640) -> list[np.ndarray]:

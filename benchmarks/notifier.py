@@ -11,21 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from sqlalchemy import create_engine, text
+
 from atmguard.core.contracts import Actions, Intervention, MatchedEvent, intervention_id
 from atmguard.core.settings import Settings
+from atmguard.kafka.broker import EmbeddedBroker
 from atmguard.notifier.config import DeploymentConfig, load_deployment
+from atmguard.notifier.service import NotifierService
 from atmguard.notifier.twilio_client import make_twilio_client
 
 _IV_IN_LINK = re.compile(r"/console/interventions/(iv-[0-9a-f]+)")
@@ -99,8 +109,6 @@ def sink_process() -> Iterator[str]:
 
 def sink_messages(base_url: str) -> list[dict[str, Any]]:
     """Accepted SMS the sink recorded (with its CLOCK_MONOTONIC arrival time)."""
-    import httpx
-
     rows = httpx.get(f"{base_url}/_sink/requests", timeout=30).json()
     return [r for r in rows if r["kind"] == "message" and r["http_status"] == 201]
 
@@ -120,11 +128,6 @@ def baseline(settings: Settings, n: int, rate: float) -> Stats:
 async def _topic_leg(
     config: DeploymentConfig, settings: Settings, sink_url: str, db_url: str, n: int, rate: float, workers: int = 8
 ) -> tuple[Stats, dict[str, Any]]:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from atmguard.kafka.broker import EmbeddedBroker
-    from atmguard.notifier.service import NotifierService
-
     with EmbeddedBroker() as broker:
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
         await admin.start()
@@ -174,15 +177,11 @@ async def _topic_leg(
 
 
 def _load() -> float:
-    import os
-
     return os.getloadavg()[0]
 
 
 async def _produce(bootstrap: str, topic: str, n: int, rate: float, atms: list[str]) -> dict[str, float]:
     """Publish `n` interventions at `rate`; their ids -> CLOCK_MONOTONIC just before each send."""
-    from aiokafka import AIOKafkaProducer
-
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
     await producer.start()
     sent_at: dict[str, float] = {}
@@ -201,8 +200,6 @@ async def _produce(bootstrap: str, topic: str, n: int, rate: float, atms: list[s
 
 def _cpu() -> float:
     """CPU seconds of this process (notifier + producer; the sink and the broker run apart)."""
-    import resource
-
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -213,10 +210,6 @@ def _database(tmp: str, postgres_url: str | None) -> Iterator[tuple[str, str]]:
     if not postgres_url:
         yield f"sqlite:///{tmp}/bench.db", "SQLite"
         return
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
     schema = "bench_" + uuid.uuid4().hex[:10]
     admin = create_engine(postgres_url)
     with admin.begin() as conn:

@@ -9,18 +9,31 @@ each process generates the same deterministic event stream.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
 import json
 import multiprocessing
 import random
+import resource
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import durable_rules_engine as _dre
+import psutil
 import typer
+from durable import engine as dengine
+
+from atmguard.core.contracts import BankEvent, BehaviorFact
+from atmguard.rules import load_rules
+from atmguard.rules.compiler import compile_rules, durable_field
+from atmguard.rules.runtime import RuleEngine, _event_name, _field_value, _json_value
+from atmguard.rules.schema import Rule
 
 T0 = datetime(2026, 2, 10, 6, 0, tzinfo=UTC)
 
@@ -71,12 +84,8 @@ class _Pack:
 
 
 def _load_pack(path: Path) -> _Pack:
-    from atmguard.rules.schema import Rule
-
     if path.is_dir() and any(path.glob("*.y*ml")):
         try:
-            from atmguard.rules import load_rules  # type: ignore[attr-defined]
-
             rs = load_rules([path])
             return _Pack(list(rs.rules), rs.digest, str(path))
         except Exception as exc:  # the loader is another part; fall back rather than fail the bench
@@ -94,8 +103,6 @@ class _Visit:
 
 def generate_events(n: int, atms: int, seed: int = 7) -> list[Any]:
     """A deterministic stream in event-time order: behaviour updates and bank events at `atms` ATMs."""
-    from atmguard.core.contracts import BankEvent, BehaviorFact
-
     rnd = random.Random(seed)
     out: list[Any] = []
     visits: dict[int, _Visit] = {}
@@ -127,14 +134,10 @@ def generate_events(n: int, atms: int, seed: int = 7) -> list[Any]:
 
 
 def _rss_mb() -> float:
-    import psutil
-
     return float(psutil.Process().memory_info().rss / 2**20)
 
 
 def _peak_rss_mb() -> float:
-    import resource
-
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -147,11 +150,6 @@ def _in_child(fn: Any, *args: Any) -> Any:
 
 def _durable_messages(pack: _Pack, events: list[Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """The same events as durable messages for each compiled ruleset (built before timing)."""
-    import zlib
-
-    from atmguard.rules.compiler import compile_rules, durable_field
-    from atmguard.rules.runtime import _event_name, _field_value, _json_value
-
     compiled = compile_rules(pack.rules)
     msgs: list[tuple[str, dict[str, Any]]] = []
     for i, ev in enumerate(events):
@@ -171,8 +169,6 @@ def _durable_messages(pack: _Pack, events: list[Any]) -> tuple[dict[str, Any], l
 
 
 def _measure_engine(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
-    from atmguard.rules.runtime import RuleEngine
-
     evs = generate_events(events, atms)
     eng = RuleEngine(pack)
     gc.collect()
@@ -183,17 +179,56 @@ def _measure_engine(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
     return {"secs": time.perf_counter() - t, "cpu": time.process_time() - c, "fired": fired, **eng.stats()}
 
 
-def _measure_host(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
-    from atmguard.rules.runtime import baseline_durable_host
+def baseline_durable_host(
+    definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]
+) -> tuple[float, float, int]:
+    """Baseline: durable's own Host API, same rulesets, no-op actions (wall s, CPU s, firings)."""
 
+    class _Host(dengine.Host):  # type: ignore[misc]
+        def _run(self) -> None:  # no background timer threads; we post from this thread
+            return None
+
+    fired = [0]
+
+    def action(c: Any) -> None:
+        fired[0] += 1
+
+    host = _Host()
+    names = {}
+    for by, definition in definitions.items():
+        d = copy.deepcopy(definition)
+        for r in d.values():
+            r["run"] = action
+        names[by] = f"baseline-{by}-{time.monotonic_ns()}"
+        host.set_rulesets({names[by]: d})
+    gc.collect()
+    t, c = time.perf_counter(), time.process_time()
+    for by, m in msgs:
+        with contextlib.suppress(dengine.MessageNotHandledException):
+            host.assert_fact(names[by], m)
+    return time.perf_counter() - t, time.process_time() - c, fired[0]
+
+
+def baseline_durable_c(definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]) -> tuple[float, float]:
+    """Floor: bare C-level assert_fact + action drain of pre-encoded messages (wall s, CPU s)."""
+    handles = {by: _dre.create_ruleset(f"cfloor-{by}-{time.monotonic_ns()}", json.dumps(d)) for by, d in definitions.items()}
+    texts = [(handles[by], json.dumps(m)) for by, m in msgs]
+    t, c = time.perf_counter(), time.process_time()
+    for h, text in texts:
+        _code, state = _dre.assert_fact(h, text)
+        if _dre.start_action_for_state(h, state):
+            while _dre.complete_and_start_action(h, state):
+                pass
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _measure_host(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
     definitions, msgs = _durable_messages(pack, generate_events(events, atms))
     secs, cpu, fired = baseline_durable_host(definitions, msgs)
     return {"secs": secs, "cpu": cpu, "fired": fired}
 
 
 def _measure_c(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
-    from atmguard.rules.runtime import baseline_durable_c
-
     definitions, msgs = _durable_messages(pack, generate_events(events, atms))
     secs, cpu = baseline_durable_c(definitions, msgs)
     return {"secs": secs, "cpu": cpu}
@@ -201,8 +236,6 @@ def _measure_c(pack: _Pack, events: int, atms: int) -> dict[str, Any]:
 
 def _variants(pack: _Pack) -> list[_Pack]:
     """Two versions of the pack whose first rule differs in a real condition (new durable ruleset)."""
-    from atmguard.rules.schema import Rule
-
     out = []
     for k in range(2):
         rules = [Rule.model_validate(json.loads(r.model_dump_json(by_alias=True))) for r in pack.rules]
@@ -214,8 +247,6 @@ def _variants(pack: _Pack) -> list[_Pack]:
 
 
 def _measure_reload(pack: _Pack, events: int, atms: int, reloads: int) -> dict[str, Any]:
-    from atmguard.rules.runtime import RuleEngine
-
     between = 500  # events fed between two reloads, so every reload has real changes to carry over
     evs = generate_events(events + (reloads + 2) * between, atms)
     eng = RuleEngine(pack)
@@ -258,8 +289,6 @@ def _measure_reload(pack: _Pack, events: int, atms: int, reloads: int) -> dict[s
 
 
 def _measure_memory(pack: _Pack, n: int, atms: int) -> dict[str, Any]:
-    from atmguard.rules.runtime import RuleEngine
-
     eng = RuleEngine(pack)
     chunk = 50_000
     marks: list[tuple[int, float]] = []
@@ -284,9 +313,6 @@ def _measure_memory(pack: _Pack, n: int, atms: int) -> dict[str, Any]:
 
 def _measure_stale(pack: _Pack, n: int, atms: int) -> dict[str, Any]:
     """`n` half-matches that never complete (a call on a new camera each time): swept, never piling up."""
-    from atmguard.core.contracts import BehaviorFact
-    from atmguard.rules.runtime import RuleEngine
-
     eng = RuleEngine(pack)
     marks: list[tuple[int, float]] = []
     t = time.perf_counter()

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from atmguard.core.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _footage_dir() -> Path:
-    """Real footage lives beside the checkout (../shared/footage), never in the repo.
-
-    ATMGUARD_FOOTAGE overrides; /work/shared/footage is the team machines' location when
-    the checkout sits elsewhere (a clean clone in /tmp, say).
-    """
-    for candidate in (os.environ.get("ATMGUARD_FOOTAGE"), REPO.parent / "shared" / "footage", "/work/shared/footage"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return REPO.parent / "shared" / "footage"
-
-
-FOOTAGE = _footage_dir()
+FOOTAGE = Settings().footage
+"""Real footage, found through the settings (ATMGUARD_FOOTAGE, default ../shared/footage beside the checkout)."""
 
 
 @pytest.fixture

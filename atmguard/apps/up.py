@@ -142,9 +142,10 @@ def build_api(stack: Stack) -> Any:
         api = create_app(stack.settings, publisher=stack.publisher, notifier=stack.notifier, bootstrap=stack.bootstrap)
     if api is None:
         api = FastAPI(title="atmguard")
-        router = getattr(stack.notifier, "router", None)
-        if router is not None:
-            api.include_router(router, prefix="/twilio")
+        if stack.notifier is not None:
+            from atmguard.notifier.api import include_notifier  # an optional part, as in start_notifier
+
+            include_notifier(api, stack.notifier, ack_api=False)  # as before: only Twilio's webhooks
     paths = {getattr(r, "path", None) for r in api.routes}
 
     if "/metrics" not in paths:

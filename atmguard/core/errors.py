@@ -1,6 +1,7 @@
 """The atmguard error tree.
 
     AtmGuardError
+    ├── CompatError            an installed Faust/aiokafka is not the one kafka/compat.py was written for
     ├── ConfigError            a deployment config file is wrong (path, field)
     ├── EventError             an event (JSON/JSONL) does not fit its contract (source, line, field)
     └── RuleError              a rule file is wrong (path, line, column)
@@ -16,6 +17,30 @@ from dataclasses import dataclass, field
 
 class AtmGuardError(Exception):
     """Base of every error atmguard raises on purpose."""
+
+
+@dataclass
+class CompatError(AtmGuardError):
+    """Faust or aiokafka differ from the release atmguard's patches of their internals were written for.
+
+    Raised at start-up (atmguard.kafka.compat.check_versions) rather than letting a patch
+    silently stop working after an upgrade.
+    """
+
+    package: str
+    found: str
+    expected: str
+    missing: str | None = None
+    """The private name that is gone (dotted), when the version matched but a name did not."""
+    used_by: str | None = None
+
+    def __str__(self) -> str:
+        if self.missing is None:
+            return (f"{self.package} {self.found} is installed, but atmguard/kafka/compat.py was written for "
+                    f"{self.expected}: install {self.package}=={self.expected}, or re-check compat.py against it")
+        needed = f", needed by {self.used_by}" if self.used_by else ""
+        return (f"{self.missing} is missing in {self.package} {self.found} (atmguard/kafka/compat.py was written "
+                f"for {self.expected}{needed})")
 
 
 @dataclass

@@ -20,6 +20,17 @@ def default_data_dir() -> Path:
     return Path(base) / "atmguard"
 
 
+def default_footage_dir() -> Path:
+    """Real footage lives beside the checkout (`../shared/footage`), never inside it.
+
+    Outside a checkout (an installed package) the same relative place is taken from the
+    working directory. ATMGUARD_FOOTAGE overrides both.
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    base = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    return base.parent / "shared" / "footage"
+
+
 class Settings(BaseSettings):
     """Everything a process needs to find its peers; defaults give the embedded stack."""
 
@@ -41,6 +52,8 @@ class Settings(BaseSettings):
     twilio_from: str | None = None
     twilio_base_url: str | None = Field(default=None, description="Point the twilio SDK at a local sink.")
     session_secret: SecretStr | None = None
+    footage: Path = Field(default_factory=default_footage_dir,
+                          description="Folder of real clips and photographs (ATMGUARD_FOOTAGE); read, never copied.")
 
     def resolved_database_url(self) -> str:
         """The case store URL: configured, or SQLite inside the data directory."""

@@ -6,15 +6,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from atmguard.detectors import landmarks as L
+from atmguard.detectors import geometry as G
 from atmguard.detectors.pipeline import CameraPipeline, FrameResult
-
-if TYPE_CHECKING:
-    from atmguard.detectors.show import MjpegServer
+from atmguard.detectors.show import MjpegServer, gui_available
 
 POSE_EDGES = [(11, 12), (11, 13), (13, 15), (12, 14), (14, 16), (11, 23), (12, 24), (23, 24), (23, 25), (25, 27),
               (24, 26), (26, 28), (15, 19), (16, 20), (0, 7), (0, 8), (9, 10)]
@@ -24,6 +21,7 @@ GREY = (160, 160, 160)
 
 def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarray:
     """A copy of the frame with landmarks, the zone, the per-frame signals and the active behaviours."""
+    # heavy: imported on first use, never at import (package docstring)
     import cv2
 
     out = image.copy()
@@ -49,13 +47,13 @@ def draw(image: np.ndarray, res: FrameResult, pipe: CameraPipeline) -> np.ndarra
             if lm.pose[a, 3] > 0.3 and lm.pose[b, 3] > 0.3:
                 cv2.line(out, (int(p[a, 0]), int(p[a, 1])), (int(p[b, 0]), int(p[b, 1])), GREEN, thick)
         for i in range(33):
-            col = YELLOW if i in (L.L_WRIST, L.R_WRIST, L.L_EAR, L.R_EAR) else GREEN
+            col = YELLOW if i in (G.L_WRIST, G.R_WRIST, G.L_EAR, G.R_EAR) else GREEN
             cv2.circle(out, (int(p[i, 0]), int(p[i, 1])), thick + 1, col, -1)
     if lm is not None and lm.face is not None:
         f = lm.face * k
         for i in range(0, 468, 6):
             cv2.circle(out, (int(f[i, 0]), int(f[i, 1])), 1, WHITE, -1)
-        for i in (L.FM_CHEEK_A, L.FM_CHEEK_B, L.FM_NOSE_TIP) + ((L.FM_IRIS_A, L.FM_IRIS_B) if len(f) >= 478 else ()):
+        for i in (G.FM_CHEEK_A, G.FM_CHEEK_B, G.FM_NOSE_TIP) + ((G.FM_IRIS_A, G.FM_IRIS_B) if len(f) >= 478 else ()):
             cv2.circle(out, (int(f[i, 0]), int(f[i, 1])), thick + 2, ORANGE, -1)
     if lm is not None:
         for hand in lm.hands:
@@ -114,8 +112,6 @@ class Annotator:
 
     def __init__(self, out: Path | None = None, *, show: bool = False, fps: float = 5.0, show_port: int = 0,
                  title: str = "atmguard", announce: Callable[[str], None] | None = None, pace: bool = False) -> None:
-        from atmguard.detectors.show import gui_available
-
         self.out, self.show, self.fps = out, show, fps
         self.title, self.show_port, self.announce, self.pace = title, show_port, announce, pace
         self._writer: object | None = None
@@ -126,13 +122,12 @@ class Annotator:
             self._serve()
 
     def _serve(self) -> None:
-        from atmguard.detectors.show import MjpegServer
-
         self.server = MjpegServer(self.title, self.show_port)
         if self.announce is not None:
             self.announce(self.server.url)
 
     def __call__(self, res: FrameResult, pipe: CameraPipeline) -> None:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         img = draw(res.frame.image, res, pipe)
@@ -172,6 +167,7 @@ class Annotator:
             self.server.close()
             self.server = None
         if self.window:
+            # heavy: imported on first use, never at import (package docstring)
             import cv2
 
             cv2.destroyAllWindows()

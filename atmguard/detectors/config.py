@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from atmguard.core.errors import ConfigError
 
@@ -128,9 +130,6 @@ def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
 
 def load_cameras(config_dir: str | Path) -> dict[str, CameraConfig]:
     """Cameras by camera_id from `<config_dir>/cameras.yaml`; ConfigError names file:line and field."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
     path = Path(config_dir) / "cameras.yaml"
     if not path.exists():
         raise ConfigError("no cameras.yaml here", path=str(path))

@@ -21,15 +21,12 @@ others are in view.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from atmguard.detectors.geometry import Box, Landmarks, pose_plausible
 from atmguard.detectors.people import Choice, PersonSelector, dedupe, match, same_person
-from atmguard.detectors.signals import pose_plausible
-
-if TYPE_CHECKING:
-    from atmguard.detectors.landmarks import LandmarkModels, Landmarks
 
 MASK_PAD = 0.35  # the followed person's box, widened by this share of its larger side on each side
 GREY = 128  # outside the box around the person followed, for a re-detection
@@ -37,7 +34,25 @@ EPS = 1e-6  # frame times are microseconds: 1.4 - 0.4 must count as a whole seco
 SAME_FRAME = 0.5  # the two models' poses of one person on one frame differ by far less (body sizes)
 
 
-def person_box(pose: np.ndarray, width: int, height: int, pad: float = MASK_PAD) -> tuple[int, int, int, int]:
+class PoseModels(Protocol):
+    """The two pose models a Follower drives; LandmarkModels (landmarks.py) is one.
+
+    A protocol, so that this module needs nothing of the model runners that build a Follower."""
+
+    def scan_people(self, rgb: np.ndarray, lm: Landmarks) -> list[np.ndarray]:
+        """Everyone the multi-person model finds, each (33, 4) in pixels."""
+        ...
+
+    def track_pose(self, rgb: np.ndarray, lm: Landmarks) -> np.ndarray | None:
+        """The single-person tracker's person, (33, 4) in pixels, or None."""
+        ...
+
+    def reset_tracker(self) -> None:
+        """Make the tracker forget whom it tracked."""
+        ...
+
+
+def person_box(pose: np.ndarray, width: int, height: int, pad: float = MASK_PAD) -> Box:
     """Box around a pose's points (those reasonably visible), widened, clipped to the frame."""
     pts = pose[pose[:, 3] > 0.3] if int((pose[:, 3] > 0.3).sum()) >= 3 else pose
     x0, y0 = float(pts[:, 0].min()), float(pts[:, 1].min())
@@ -53,7 +68,7 @@ class Follower:
     `t` is the frame time in seconds; None (still photos, no timeline) scans every call.
     """
 
-    def __init__(self, models: LandmarkModels, *, scan_every_s: float = 1.0, phase: float = 0.0) -> None:
+    def __init__(self, models: PoseModels, *, scan_every_s: float = 1.0, phase: float = 0.0) -> None:
         self.models = models
         self.scan_every_s = scan_every_s
         # cameras started together would scan together (a burst every second on a shared core): each

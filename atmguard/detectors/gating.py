@@ -25,6 +25,7 @@ class MotionGate:
         self.last_motion = 0.0
 
     def _thumb(self, image: np.ndarray) -> np.ndarray:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         w = image.shape[1]
@@ -36,6 +37,7 @@ class MotionGate:
         return cv2.GaussianBlur(grey, (5, 5), 0)
 
     def _zone_mask(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         if self.zone is None:
@@ -53,6 +55,7 @@ class MotionGate:
 
     def motion(self, image: np.ndarray) -> float:
         """Share of (zone) thumbnail pixels that changed against the background."""
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         grey = self._thumb(image)

@@ -14,53 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from atmguard.detectors.people import PersonSelector
-
-# pose landmark indices (BlazePose 33)
-NOSE, L_EYE_OUT, R_EYE_OUT, L_EAR, R_EAR, MOUTH_L, MOUTH_R = 0, 3, 6, 7, 8, 9, 10
-L_SHOULDER, R_SHOULDER, L_ELBOW, R_ELBOW, L_WRIST, R_WRIST = 11, 12, 13, 14, 15, 16
-L_PINKY, R_PINKY, L_INDEX, R_INDEX, L_THUMB, R_THUMB = 17, 18, 19, 20, 21, 22
-L_HIP, R_HIP, L_KNEE, R_KNEE, L_ANKLE, R_ANKLE = 23, 24, 25, 26, 27, 28
-L_HEEL, R_HEEL, L_FOOT, R_FOOT = 29, 30, 31, 32
-
-# face mesh indices (468 + 10 iris with refinement)
-FM_NOSE_TIP, FM_CHEEK_A, FM_CHEEK_B = 1, 234, 454
-FM_CHIN, FM_FOREHEAD = 152, 10
-FM_EYE_A_OUT, FM_EYE_A_IN, FM_EYE_B_IN, FM_EYE_B_OUT = 33, 133, 362, 263
-FM_IRIS_A, FM_IRIS_B = 468, 473
-FM_MOUTH_A, FM_MOUTH_B = 61, 291
-
-
-@dataclass
-class Landmarks:
-    """One frame's landmarks in full-frame pixel coordinates; None where a model found nothing."""
-
-    width: int
-    height: int
-    pose: np.ndarray | None = None  # (33, 4): x, y, z (unused), visibility; the person followed
-    people: list[np.ndarray] = field(default_factory=list)  # every pose found, each (33, 4); `pose` is one of them
-    scanned: bool = False  # multi-person: everyone was looked for on this frame (else the others are as last seen)
-    face: np.ndarray | None = None  # (478, 2)
-    hands: list[np.ndarray] = field(default_factory=list)  # each (21, 2)
-    face_from_crop: bool = False
-    latency_ms: dict[str, float] = field(default_factory=dict)  # wall time per model
-    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time of the process (all threads) per model
-
-    @property
-    def model_ms(self) -> float:
-        """Time spent inside the models for this frame."""
-        return sum(self.latency_ms.values())
-
-    @property
-    def model_cpu_ms(self) -> float:
-        """CPU time the models used for this frame (robust to other load on the machine)."""
-        return sum(self.cpu_ms.values())
+from atmguard.detectors.follow import Follower
+from atmguard.detectors.geometry import FM_NOSE_TIP, NOSE, Box, Landmarks, expand_box
+from atmguard.detectors.people import PersonSelector
+from atmguard.detectors.pose_bundle import pose_bundle
 
 
 class _Timer:
@@ -80,6 +41,7 @@ class _Timer:
 
 
 def _to_rgb(image_bgr: np.ndarray) -> np.ndarray:
+    # heavy: imported on first use, never at import (package docstring)
     import cv2
 
     return np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB))
@@ -94,9 +56,8 @@ class MultiPose:
     """
 
     def __init__(self, max_people: int) -> None:
+        # heavy: imported on first use, never at import (package docstring)
         from mediapipe.tasks.python import BaseOptions, vision
-
-        from atmguard.detectors.pose_bundle import pose_bundle
 
         opts = vision.PoseLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(pose_bundle())), running_mode=vision.RunningMode.IMAGE,
@@ -106,6 +67,7 @@ class MultiPose:
 
     def detect(self, rgb: np.ndarray) -> list[np.ndarray]:
         """Every pose in the image, each (33, 4): x, y normalised to [0, 1], z, visibility."""
+        # heavy: imported on first use, never at import (package docstring)
         import mediapipe as mp
 
         res = self._task.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
@@ -128,10 +90,8 @@ class LandmarkModels:
     def __init__(self, *, static: bool = False, face_crop_below: float = 0.16, use_hands: bool = True,
                  hands_complexity: int = 0, max_people: int = 1, scan_every_s: float = 1.0,
                  scan_phase: float = 0.0) -> None:
+        # heavy: imported on first use, never at import (package docstring)
         import mediapipe as mp
-
-        from atmguard.detectors.follow import Follower
-        from atmguard.detectors.people import PersonSelector
 
         self.static = static
         self.face_crop_below = face_crop_below
@@ -241,7 +201,7 @@ class LandmarkModels:
                 lm.face = self._face_on_crop(rgb, box, lm)
                 lm.face_from_crop = lm.face is not None
 
-    def hands(self, rgb: np.ndarray, lm: Landmarks, box: tuple[int, int, int, int] | None = None) -> None:
+    def hands(self, rgb: np.ndarray, lm: Landmarks, box: Box | None = None) -> None:
         """Hands model, on a crop around the head when `box` is given (hands at the ear are near it)."""
         if self._hands is None:
             self._hands = self._sol.hands.Hands(
@@ -279,7 +239,7 @@ class LandmarkModels:
         return self._last_rgb
 
     # -- crops -------------------------------------------------------------------------------
-    def _head_box(self, lm: Landmarks) -> tuple[int, int, int, int] | None:
+    def _head_box(self, lm: Landmarks) -> Box | None:
         if lm.pose is None:
             return None
         head = lm.pose[0:11]
@@ -288,7 +248,8 @@ class LandmarkModels:
             return None
         return expand_box(vis[:, 0].min(), vis[:, 1].min(), vis[:, 0].max(), vis[:, 1].max(), 2.5, lm)
 
-    def _face_on_crop(self, rgb: np.ndarray, box: tuple[int, int, int, int], lm: Landmarks) -> np.ndarray | None:
+    def _face_on_crop(self, rgb: np.ndarray, box: Box, lm: Landmarks) -> np.ndarray | None:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         x0, y0, x1, y1 = box
@@ -306,7 +267,7 @@ class LandmarkModels:
         return np.array([(x0 + p.x * (x1 - x0), y0 + p.y * (y1 - y0)) for p in pts], dtype=np.float64)
 
 
-def _face_of_followed(face: np.ndarray, lm: Landmarks, box: tuple[int, int, int, int] | None) -> bool:
+def _face_of_followed(face: np.ndarray, lm: Landmarks, box: Box | None) -> bool:
     """With several people in view, a whole-frame face belongs to the followed person only when its
     nose tip is inside their head box and nearer their pose nose than anyone else's."""
     if lm.pose is None or len(lm.people) < 2:
@@ -316,15 +277,3 @@ def _face_of_followed(face: np.ndarray, lm: Landmarks, box: tuple[int, int, int,
         return False
     dists = [float(np.hypot(*(p[NOSE, :2] - tip))) for p in lm.people]
     return float(np.hypot(*(lm.pose[NOSE, :2] - tip))) <= min(dists)
-
-
-def expand_box(
-    x0: float, y0: float, x1: float, y1: float, factor: float, lm: Landmarks
-) -> tuple[int, int, int, int]:
-    """A square box around (x0,y0,x1,y1), `factor` times its larger side, clipped to the frame."""
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = max(x1 - x0, y1 - y0, 8.0) * factor
-    return (
-        int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
-        int(min(lm.width, cx + side / 2)), int(min(lm.height, cy + side / 2)),
-    )

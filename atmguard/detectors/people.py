@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from atmguard.detectors import landmarks as L
-from atmguard.detectors.landmarks import Landmarks
-from atmguard.detectors.signals import anchor_points, body_scale, pose_plausible, zone_test
+from atmguard.detectors import geometry as G
+from atmguard.detectors.geometry import Landmarks, anchor_points, body_scale, pose_plausible, zone_test
 
 STICKY = 1.25  # the followed person's size counts this much more than a newcomer's
 SAME_PERSON = 0.5  # torso centres closer than this many body sizes: the same person as last frame
@@ -30,13 +29,13 @@ TRACK_SIZE = (0.7, 1.43)
 
 def torso_centre(pose: np.ndarray) -> np.ndarray:
     """Midpoint of shoulders and hips (pose 11, 12, 23, 24), in pixels."""
-    return pose[[L.L_SHOULDER, L.R_SHOULDER, L.L_HIP, L.R_HIP], :2].mean(axis=0)
+    return pose[[G.L_SHOULDER, G.R_SHOULDER, G.L_HIP, G.R_HIP], :2].mean(axis=0)
 
 
 def body_size(pose: np.ndarray) -> float:
     """Shoulder width (or 1.5 ear-to-ear) or torso length, whichever is larger: robust to a turned body."""
-    sh = (pose[L.L_SHOULDER, :2] + pose[L.R_SHOULDER, :2]) / 2
-    hp = (pose[L.L_HIP, :2] + pose[L.R_HIP, :2]) / 2
+    sh = (pose[G.L_SHOULDER, :2] + pose[G.R_SHOULDER, :2]) / 2
+    hp = (pose[G.L_HIP, :2] + pose[G.R_HIP, :2]) / 2
     return max(body_scale(pose), float(np.hypot(*(sh - hp))))
 
 

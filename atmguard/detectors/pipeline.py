@@ -17,10 +17,11 @@ import numpy as np
 from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.gating import MotionGate
-from atmguard.detectors.landmarks import LandmarkModels, Landmarks
+from atmguard.detectors.geometry import Landmarks, pose_plausible
+from atmguard.detectors.landmarks import LandmarkModels
 from atmguard.detectors.metrics import DetectorMetrics, default_metrics
 from atmguard.detectors.people import Choice, PersonSelector
-from atmguard.detectors.signals import FrameSignals, compute, hands_box, pose_plausible, wants_hands
+from atmguard.detectors.signals import FrameSignals, compute, hands_box, wants_hands
 from atmguard.detectors.snapshots import SnapshotStore
 from atmguard.detectors.sources import Frame, FrameSource, LiveSource, VideoFileSource, open_source
 from atmguard.detectors.temporal import BehaviourTracker
@@ -75,6 +76,7 @@ class CameraPipeline:
         return self.selector.choice
 
     def _prepare(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         w = image.shape[1]

@@ -17,6 +17,7 @@ import os
 import tempfile
 import zipfile
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from atmguard.core.checksums import file_sha256
@@ -32,6 +33,7 @@ RECIPE = "pose-full-v1"
 
 def model_dir() -> Path:
     """Where the wheel keeps the legacy models."""
+    # heavy: imported on first use, never at import (package docstring)
     import mediapipe
 
     return Path(mediapipe.__file__).parent / "modules"
@@ -54,7 +56,7 @@ def cache_dir() -> Path:
 
 def bundle_key() -> str:
     """mediapipe version + both source models' hashes + the recipe: a new wheel or recipe means a new file."""
-    from importlib.metadata import PackageNotFoundError, version
+    # heavy: imported on first use, never at import (package docstring)
 
     import mediapipe
 
@@ -68,6 +70,7 @@ def bundle_key() -> str:
 
 
 def _with_metadata(model: bytes, name: str, norm: tuple[float, float]) -> bytes:
+    # heavy: imported on first use, never at import (package docstring)
     from mediapipe.tasks.python.metadata.metadata_writers import metadata_writer
 
     writer = metadata_writer.MetadataWriter.create(bytearray(model))
@@ -87,6 +90,7 @@ def _valid(path: Path) -> bool:
 
 def build_bundle(out: Path) -> Path:
     """Write the `.task` bundle to `out` atomically (temporary file in the same folder, then rename)."""
+    # heavy: imported on first use, never at import (package docstring)
     from mediapipe.tasks.python.metadata.metadata_writers import model_asset_bundle_utils
 
     det, lmk = source_models()

@@ -9,21 +9,19 @@ short: real landmarks, never hand-invented numbers.
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from atmguard.detectors.config import CameraConfig
-from atmguard.detectors.landmarks import Landmarks
+from atmguard.detectors.geometry import Landmarks
+from atmguard.detectors.pipeline import CameraPipeline
+from atmguard.detectors.sources import VideoFileSource
 
 
 def record(video: str | Path, out: str | Path, *, fps: float = 5.0, seconds: float | None = None) -> int:
     """Run the real models on `video` and save per-frame landmarks (pose, face, hands); returns frames."""
-    from datetime import UTC, datetime
-
-    from atmguard.detectors.pipeline import CameraPipeline
-    from atmguard.detectors.sources import VideoFileSource
-
     cfg = CameraConfig(camera_id="rec", atm_id="rec", analysis_fps=fps)
     src = VideoFileSource(video, analysis_fps=fps, start_time=datetime(2026, 1, 1, tzinfo=UTC), max_seconds=seconds)
     pipe = CameraPipeline(cfg)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import queue
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -65,8 +67,6 @@ def serve_cameras(cfgs: list[CameraConfig], emit: Callable[[BehaviorFact, float]
 
 
 def _worker(cfgs_json: list[str], out: Any, stop: Any) -> None:
-    import signal
-
     # Ctrl-C goes to the whole process group: the parent alone decides, through `stop`, so every
     # worker still ends its cameras' behaviours (ended=true facts) before it exits
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -86,8 +86,6 @@ def split(cfgs: list[CameraConfig], n: int) -> list[list[CameraConfig]]:
 def run_cameras(cfgs: list[CameraConfig], sink: Sink, *, processes: int = 1, stop: Any = None,
                 on_lag: Callable[[float], None] | None = None) -> None:
     """Run cameras in this process (processes=1) or spread over worker processes; blocks until `stop`."""
-    import threading
-
     stop = stop or threading.Event()
     if processes <= 1:
         def emit(fact: BehaviorFact, captured: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from html import escape
 from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
@@ -25,6 +26,7 @@ HOST = "127.0.0.1"
 
 def gui_available() -> bool:
     """OpenCV was built with a GUI backend and (on Linux and BSD) there is a display to open a window on."""
+    # heavy: imported on first use, never at import (package docstring)
     import cv2
 
     gui = [line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
@@ -59,6 +61,7 @@ class FrameHub:
 
     def latest(self, after: int = 0, timeout: float = 1.0) -> tuple[int, bytes] | None:
         """(sequence number, JPEG) of a frame newer than `after`; None on timeout or once closed."""
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         with self._cond:
@@ -76,8 +79,6 @@ class FrameHub:
 
 
 def _index_html(title: str) -> bytes:
-    from html import escape
-
     t = escape(title)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>atmguard: {t}</title>"
             "<style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif}"
@@ -91,7 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
     hub: ClassVar[FrameHub]
     title: ClassVar[str]
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: object) -> None:  # `format`: the base class's name
         pass  # stderr belongs to the detector's own messages
 
     def _send(self, code: int, ctype: str, body: bytes) -> None:
@@ -102,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:  # http.server's naming
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", _index_html(self.title))

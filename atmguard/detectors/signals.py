@@ -10,16 +10,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from atmguard.detectors import landmarks as L
+from atmguard.detectors import geometry as G
 from atmguard.detectors.config import Thresholds
-from atmguard.detectors.landmarks import Landmarks, expand_box
+from atmguard.detectors.geometry import (
+    Box,
+    Landmarks,
+    Point,
+    anchor_points,
+    body_scale,
+    distance,
+    expand_box,
+    pose_plausible,
+    zone_test,
+)
 
-HAND_POINTS = {"left": (L.L_WRIST, L.L_PINKY, L.L_INDEX, L.L_THUMB), "right": (L.R_WRIST, L.R_PINKY, L.R_INDEX, L.R_THUMB)}
-ARM = {"left": (L.L_SHOULDER, L.L_ELBOW, L.L_WRIST, L.L_EAR), "right": (L.R_SHOULDER, L.R_ELBOW, L.R_WRIST, L.R_EAR)}
-ANCHORS = (L.L_HIP, L.R_HIP, L.L_ANKLE, L.R_ANKLE, L.L_HEEL, L.R_HEEL)
-TORSO = (L.L_SHOULDER, L.R_SHOULDER, L.L_HIP, L.R_HIP)
-
-Point = tuple[float, float]
+HAND_POINTS = {"left": (G.L_WRIST, G.L_PINKY, G.L_INDEX, G.L_THUMB), "right": (G.R_WRIST, G.R_PINKY, G.R_INDEX, G.R_THUMB)}
+ARM = {"left": (G.L_SHOULDER, G.L_ELBOW, G.L_WRIST, G.L_EAR), "right": (G.R_SHOULDER, G.R_ELBOW, G.R_WRIST, G.R_EAR)}
 
 
 @dataclass
@@ -67,29 +73,11 @@ class FrameSignals:
         return self.head_away or self.eyes_away
 
 
-def _dist(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.hypot(*(a[:2] - b[:2])))
-
-
 def _along(p: np.ndarray, origin: np.ndarray, target: np.ndarray) -> float:
     """Projection of p on origin->target: 0 at origin, 1 at target."""
     v = target[:2] - origin[:2]
     den = float(v @ v)
     return float((p[:2] - origin[:2]) @ v / den) if den > 1e-9 else 0.0
-
-
-def pose_plausible(pose: np.ndarray, height: int) -> bool:
-    """Pose invents people on furniture: a real torso is long compared with its shoulders."""
-    sh = (pose[L.L_SHOULDER, :2] + pose[L.R_SHOULDER, :2]) / 2
-    hp = (pose[L.L_HIP, :2] + pose[L.R_HIP, :2]) / 2
-    torso = float(np.hypot(*(sh - hp)))
-    sw = _dist(pose[L.L_SHOULDER], pose[L.R_SHOULDER])
-    return torso >= 0.6 * sw and torso >= 0.04 * height
-
-
-def body_scale(pose: np.ndarray) -> float:
-    """Shoulder width, or 1.5 ear-to-ear when the shoulders are foreshortened (body turned)."""
-    return max(_dist(pose[L.L_SHOULDER], pose[L.R_SHOULDER]), 1.5 * _dist(pose[L.L_EAR], pose[L.R_EAR]), 1.0)
 
 
 def _angle_deg(a: np.ndarray, vertex: np.ndarray, b: np.ndarray) -> float:
@@ -103,8 +91,8 @@ def _angle_deg(a: np.ndarray, vertex: np.ndarray, b: np.ndarray) -> float:
 def pose_hand_at_ear(pose: np.ndarray, thr: Thresholds) -> HandAtEar:
     """Pose cue: wrist and elbow visible, arm folded, hand above mouth level, beside (not before) the ear."""
     scale = body_scale(pose)
-    mouth = (pose[L.MOUTH_L] + pose[L.MOUTH_R]) / 2
-    nose = pose[L.NOSE]
+    mouth = (pose[G.MOUTH_L] + pose[G.MOUTH_R]) / 2
+    nose = pose[G.NOSE]
     best = HandAtEar()
     for side, (sh, el, wr, ear_i) in ARM.items():
         ear = pose[ear_i]
@@ -126,12 +114,12 @@ def pose_hand_at_ear(pose: np.ndarray, thr: Thresholds) -> HandAtEar:
 
 def face_hand_at_ear(face: np.ndarray, hands: list[np.ndarray], thr: Thresholds) -> HandAtEar:
     """Hands+face cue: a hand beside the face's ear point, between forehead and chin height."""
-    nose, fore, chin = face[L.FM_NOSE_TIP], face[L.FM_FOREHEAD], face[L.FM_CHIN]
-    fw = max(_dist(face[L.FM_CHEEK_A], face[L.FM_CHEEK_B]), 1.0)
+    nose, fore, chin = face[G.FM_NOSE_TIP], face[G.FM_FOREHEAD], face[G.FM_CHIN]
+    fw = max(distance(face[G.FM_CHEEK_A], face[G.FM_CHEEK_B]), 1.0)
     best = HandAtEar()
     for hand in hands:
         centre = hand.mean(axis=0)
-        for side, ear in (("a", face[L.FM_CHEEK_A]), ("b", face[L.FM_CHEEK_B])):
+        for side, ear in (("a", face[G.FM_CHEEK_A]), ("b", face[G.FM_CHEEK_B])):
             d = np.hypot(hand[:, 0] - ear[0], hand[:, 1] - ear[1]) / fw
             k = int(np.argmin(d))
             ratio = float(d[k])
@@ -149,7 +137,7 @@ def face_hand_at_ear(face: np.ndarray, hands: list[np.ndarray], thr: Thresholds)
     return best
 
 
-def hands_box(lm: Landmarks) -> tuple[int, int, int, int] | None:
+def hands_box(lm: Landmarks) -> Box | None:
     """Where to look for a hand at the ear: around the head (face mesh if found, else pose head points)."""
     if lm.face is not None:
         f = lm.face
@@ -175,67 +163,24 @@ def wants_hands(lm: Landmarks, thr: Thresholds) -> bool:
 
 def face_yaw(face: np.ndarray) -> float:
     """(|nose-cheekA| - |nose-cheekB|) / sum: 0 frontal, about +-1 in profile; roll does not change it."""
-    a = _dist(face[L.FM_NOSE_TIP], face[L.FM_CHEEK_A])
-    b = _dist(face[L.FM_NOSE_TIP], face[L.FM_CHEEK_B])
+    a = distance(face[G.FM_NOSE_TIP], face[G.FM_CHEEK_A])
+    b = distance(face[G.FM_NOSE_TIP], face[G.FM_CHEEK_B])
     return (a - b) / max(a + b, 1e-9)
 
 
 def pose_yaw(pose: np.ndarray) -> float:
     """Nose offset from the ears' midpoint along the ear-ear line (roll-free), sign-matched to face_yaw."""
-    mid = (pose[L.L_EAR, :2] + pose[L.R_EAR, :2]) / 2
-    return -0.5 * _along(pose[L.NOSE, :2], mid, pose[L.R_EAR, :2]) if _dist(pose[L.L_EAR], pose[L.R_EAR]) > 1 else 0.0
+    mid = (pose[G.L_EAR, :2] + pose[G.R_EAR, :2]) / 2
+    return -0.5 * _along(pose[G.NOSE, :2], mid, pose[G.R_EAR, :2]) if distance(pose[G.L_EAR], pose[G.R_EAR]) > 1 else 0.0
 
 
 def iris_position(face: np.ndarray) -> float | None:
     """Horizontal iris position within both eyes: 0.5 centred."""
     if face.shape[0] < 478:
         return None
-    a = (face[L.FM_IRIS_A, 0] - face[L.FM_EYE_A_OUT, 0]) / max(face[L.FM_EYE_A_IN, 0] - face[L.FM_EYE_A_OUT, 0], 1e-6)
-    b = (face[L.FM_IRIS_B, 0] - face[L.FM_EYE_B_IN, 0]) / max(face[L.FM_EYE_B_OUT, 0] - face[L.FM_EYE_B_IN, 0], 1e-6)
+    a = (face[G.FM_IRIS_A, 0] - face[G.FM_EYE_A_OUT, 0]) / max(face[G.FM_EYE_A_IN, 0] - face[G.FM_EYE_A_OUT, 0], 1e-6)
+    b = (face[G.FM_IRIS_B, 0] - face[G.FM_EYE_B_IN, 0]) / max(face[G.FM_EYE_B_OUT, 0] - face[G.FM_EYE_B_IN, 0], 1e-6)
     return float((a + b) / 2)
-
-
-def point_in_polygon(p: Point, poly: list[tuple[float, float]]) -> bool:
-    """Even-odd ray casting."""
-    x, y = p
-    inside = False
-    n = len(poly)
-    for i in range(n):
-        x1, y1 = poly[i]
-        x2, y2 = poly[(i + 1) % n]
-        if (y1 > y) != (y2 > y) and x < (x2 - x1) * (y - y1) / (y2 - y1) + x1:
-            inside = not inside
-    return inside
-
-
-def anchor_points(lm: Landmarks, min_vis: float = 0.5) -> list[Point]:
-    """Feet and hips (Frigate's zone rule), or the bottom of the visible body when they are out of view."""
-    if lm.pose is not None:
-        pose = lm.pose
-        pts = [(float(pose[i, 0]), float(pose[i, 1])) for i in ANCHORS
-               if pose[i, 3] >= min_vis and 0 <= pose[i, 0] < lm.width and 0 <= pose[i, 1] < lm.height]
-        if pts:
-            return pts
-        vis = pose[(pose[:, 3] >= min_vis) & (pose[:, 1] < lm.height) & (pose[:, 1] >= 0)]
-        if len(vis):
-            # centred on the visible torso (shoulders, hips): a raised arm must not carry a person into the zone
-            torso = pose[list(TORSO)]
-            torso = torso[torso[:, 3] >= min_vis]
-            x = float(torso[:, 0].mean()) if len(torso) else float(vis[:, 0].mean())
-            return [(x, float(min(vis[:, 1].max(), lm.height - 1)))]
-    if lm.face is not None:
-        return [(float(lm.face[:, 0].mean()), float(min(lm.face[:, 1].max(), lm.height - 1)))]
-    return []
-
-
-def zone_test(anchors: list[Point], zone: list[tuple[float, float]] | None, scale: float = 1.0) -> tuple[bool, Point | None]:
-    """(in the zone?, the anchor point to show): any anchor inside counts; no zone = the whole frame."""
-    if zone is None:
-        return True, anchors[0] if anchors else None
-    zpts = [(x * scale, y * scale) for x, y in zone]
-    inside = [p for p in anchors if point_in_polygon(p, zpts)]
-    first = inside or anchors
-    return bool(inside), first[0] if first else None
 
 
 def compute(lm: Landmarks, thr: Thresholds, zone: list[tuple[float, float]] | None, scale: float = 1.0) -> FrameSignals:
@@ -259,7 +204,7 @@ def compute(lm: Landmarks, thr: Thresholds, zone: list[tuple[float, float]] | No
         s.face = True
         s.yaw, s.yaw_source = face_yaw(lm.face), "face"
         s.iris = iris_position(lm.face)
-    elif thr.pose_yaw_fallback and pose is not None and min(pose[L.L_EAR, 3], pose[L.R_EAR, 3], pose[L.NOSE, 3]) > 0.5:
+    elif thr.pose_yaw_fallback and pose is not None and min(pose[G.L_EAR, 3], pose[G.R_EAR, 3], pose[G.NOSE, 3]) > 0.5:
         s.yaw, s.yaw_source = pose_yaw(pose), "pose"
     if s.yaw is not None:
         s.head_away = abs(s.yaw - thr.yaw_offset) > thr.yaw_away

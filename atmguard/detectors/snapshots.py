@@ -23,6 +23,7 @@ class SnapshotStore:
 
     def save(self, image: np.ndarray, atm_id: str, fact_id: str) -> str | None:
         """Write the JPEG; returns its path (the fact's `snapshot` reference)."""
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         if self.cfg.dir is None:

@@ -65,6 +65,7 @@ class VideoFileSource:
 
     def __init__(self, path: str | Path, *, analysis_fps: float | None = 5.0, start_time: datetime | None = None,
                  max_seconds: float | None = None) -> None:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         self.path = Path(path)
@@ -82,6 +83,7 @@ class VideoFileSource:
         self.stats = SourceStats()
 
     def __iter__(self) -> Iterator[Frame]:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         next_t = 0.0
@@ -138,6 +140,7 @@ class LiveSource:
 
     @staticmethod
     def _open_cv(source: str) -> Any:
+        # heavy: imported on first use, never at import (package docstring)
         import cv2
 
         dev = _device(source)

@@ -1,10 +1,10 @@
-"""The engine: a Faust app where behaviour facts meet bank events and rules make interventions.
+"""The engine's Faust adapter: the app, its topics, agent, timers and state table around `EngineCore`.
 
 Topics (names and partition count from `atmguard.core.settings`), all keyed by atm_id and
 co-partitioned, so every event of one ATM reaches the same worker and the same agent:
 
     facts topic ─┐
-                 ├─► agent `evaluate` ─► RuleEngine.feed ─► interventions topic
+                 ├─► agent `evaluate` ─► EngineCore.process ─► interventions topic
     bank topic ──┘        │
                           └─ table `state` (changelog-backed): recent events + published intervention ids
 
@@ -17,246 +17,74 @@ assignment the table is recovered by Faust and the rule state of those ATMs is r
 replaying their recent events, in arrival order, into a fresh RuleEngine before any new event
 is processed; interventions the replay makes that were never acknowledged are published then.
 Records expire by event time (`dedupe_ttl_s`, at least the longest rule window + 1 minute).
+
+Every one of those decisions is `atmguard.engine.core`'s (pure, tested without a broker). This
+module does what needs Faust and the broker: batches from the agent, publishing with retry until
+the broker acknowledged, the changelog written in batches, rule reloads, fencing, lag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, field
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from atmguard.core import runtime_policy
-from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention, parse_event
-from atmguard.core.errors import EventError, RuleSetError
-from atmguard.engine.metrics import engine_metrics
-from atmguard.kafka import publisher
-from atmguard.kafka.pacing import pace_fetches
-from atmguard.kafka.topics import event_key
+from atmguard.core.contracts import Intervention
+from atmguard.engine.core import BatchOutcome, EngineCore
+from atmguard.engine.metrics import TopicMetrics, engine_metrics
+from atmguard.engine.records import Firing, StoredJSON
+from atmguard.engine.rulebook import RuleEngineLike, longest_window_s, make_rule_engine
+from atmguard.kafka.compat import EngineHooks, abort_app_producer, app_producer, cancel_commits
+from atmguard.kafka.compat import FaustApp as FaustApp  # re-exported: the engine's app is imported from here
+from atmguard.rules.reload import RulePackWatcher
+from atmguard.rules.reload import load_pack as load_ruleset  # the name the engine's users know
 
 if TYPE_CHECKING:
     from atmguard.core.settings import Settings
+    from atmguard.rules.ruleset import RuleSet
+
+__all__ = [
+    "CHANGELOG_BATCH",
+    "FETCH_MAX_WAIT_MS",
+    "Engine",
+    "EngineFenced",
+    "EngineOptions",
+    "FaustApp",
+    "RuleEngineLike",
+    "app_id_for",
+    "intervention_from_record",
+    "load_ruleset",
+    "longest_window_s",
+    "make_rule_engine",
+]
 
 log = logging.getLogger("atmguard.engine")
 
-Event = BehaviorFact | BankEvent
-
 
 # --- Faust latency patch ---------------------------------------------------------------------
-# Faust 0.15.3 hardcodes `fetch_max_wait_ms=1500` on the aiokafka consumer it creates
-# (faust/transport/drivers/aiokafka.py, AIOKafkaConsumerThread._create_worker_consumer) and no
-# setting reaches it. Tansu holds a fetch for about half of that even when data waits, which
-# made send-to-agent p50 ~380 ms. We subclass the consumer thread and lower it on the consumer
-# right after Faust creates it (before `start()`, which is when aiokafka builds its Fetcher).
-# Cost: ~5% of a core idle for worker and broker at 10 ms.
+# The app runs on the transport of atmguard/kafka/compat.py, the one module that patches Faust
+# and aiokafka internals (each patch checked against the versions it was written for). The
+# engine hands it an EngineHooks: among them the consumer's fetch wait. Faust 0.15.3 hardcodes
+# 1,500 ms and Tansu holds a fetch for about half of that even when data waits, which made
+# send-to-agent p50 ~380 ms; at 10 ms the cost is ~5% of a core idle for worker and broker.
 
 FETCH_MAX_WAIT_MS = 10
-SWEEP_SLACK_S = 300.0
-"""Events older than (newest event time - this - the longest rule window) are dropped from rule state."""
 
+CHANGELOG_BATCH = 500
+"""Queued state records that make a batch flush them at once (else the 20 ms timer does)."""
 
-class _LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = int(self.app.conf.atmguard_fetch_max_wait_ms)  # type: ignore[attr-defined]
-        return consumer
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        pace_fetches(self._consumer)  # the embedded broker's fetch cost grows with what it keeps (kafka/pacing.py)
-
-    async def seek_to_committed(self) -> Any:
-        """Seek to the committed offsets; an input partition with none goes back to its beginning.
-
-        aiokafka's `seek_to_committed` leaves a partition where it is when nothing (or 0) was
-        committed. Records of an input partition fetched while Faust recovered the table are
-        taken from the consumer and dropped by Faust, so after a restart with nothing committed
-        yet they were skipped for good (found by tests/engine/test_resets.py under load: the
-        transfer of an interrupted batch never came again). Nothing committed means "from the
-        beginning" here (`consumer_auto_offset_reset="earliest"`).
-        """
-        return await self.call_thread(self._seek_to_committed_or_beginning)
-
-    async def _seek_to_committed_or_beginning(self) -> Any:
-        consumer = self._ensure_consumer()
-        committed = await consumer.seek_to_committed()
-        inputs: set[str] = getattr(self.app.conf, "atmguard_input_topics", set())
-        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic in inputs]
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-        return committed
-
-    async def _commit(self, offsets: Any) -> bool:
-        """Commit in the consumer thread, bounded, and never for a fenced engine.
-
-        aiokafka retries a commit for as long as the error is retriable; after the in-memory
-        broker restarted that is UnknownTopicOrPartition, forever, and Faust's stop waits for
-        it (the reset hung). A commit that does not finish in time is given up: the records
-        are delivered again (at least once), never lost.
-        """
-        if _fenced(self.app):
-            return False
-        task = asyncio.ensure_future(super()._commit(offsets))
-        commits = _commit_tasks(self)
-        commits.add(task)
-        task.add_done_callback(commits.discard)
-        try:
-            done, _ = await asyncio.wait({task}, timeout=float(self.app.conf.atmguard_commit_timeout_s))  # type: ignore[attr-defined]
-        finally:
-            if not task.done():
-                task.cancel()
-        if task in done and not task.cancelled():
-            return bool(task.result())
-        if not _fenced(self.app):
-            log.warning("offset commit did not finish within %.0f s: not committed, those records will be "
-                        "delivered again", float(self.app.conf.atmguard_commit_timeout_s))  # type: ignore[attr-defined]
-        return False
-
-    async def on_thread_stop(self) -> None:
-        """Stop the aiokafka consumer; survive its stop letting out a CancelledError.
-
-        aiokafka 0.14's Fetcher.close cancels the fetch requests in flight and awaits them,
-        so when one was backing off (broker down or restarting) consumer.stop() raises
-        CancelledError: the thread then ends without telling Faust, whose stop waits its
-        full 60 s shutdown timeout (part of the reset hang).
-        """
-        try:
-            await super().on_thread_stop()
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise
-            consumer = getattr(self, "_consumer", None)
-            client = getattr(consumer, "_client", None)
-            if client is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await client.close()
-
-    def cancel_commits(self) -> None:
-        """Give up the commits running in the consumer thread now (callable from any thread)."""
-        tasks = list(_commit_tasks(self))
-        if tasks:
-            with contextlib.suppress(RuntimeError):  # the thread's loop is closed: nothing runs
-                self.thread_loop.call_soon_threadsafe(lambda: [t.cancel() for t in tasks])
-
-
-def _commit_tasks(thread: Any) -> set[asyncio.Future[Any]]:
-    tasks: set[asyncio.Future[Any]] | None = getattr(thread, "_atmguard_commits", None)
-    if tasks is None:
-        tasks = thread._atmguard_commits = set()
-    return tasks
-
-
-def _fenced(app: Any) -> bool:
-    return bool(getattr(app, "atmguard_fenced", False))
-
-
-class _LowLatencyConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _LowLatencyConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
-        """Faust's commit (periodic, on rebalance, on stop), refused once the engine is fenced."""
-        if _fenced(self.app):
-            return False
-        return bool(await super().commit(topics, start_new_transaction=start_new_transaction))
-
-
-class _FlushHookProducer(faust_aiokafka.Producer):
-    """Faust flushes its producer before every offset commit: flush our batched state records first."""
-
-    async def flush(self) -> None:
-        if _fenced(self.app):
-            return  # nothing of a fenced engine may reach the broker (see Engine.fence)
-        hook = getattr(self.app, "atmguard_before_flush", None)
-        if hook is not None:
-            await hook()
-        await super().flush()
-
-
-class _LowLatencyTransport(faust_aiokafka.Transport):
-    Consumer = _LowLatencyConsumer
-    Producer = _FlushHookProducer
-
-
-class FaustApp(faust.App):
-    """faust.App whose Kafka consumer waits at most `atmguard_fetch_max_wait_ms` per fetch."""
-
-    def _new_transport(self) -> Any:
-        return _LowLatencyTransport(self.conf.broker_consumer, self)
-
-
-# --- The rules, behind the interface of atmguard.rules ----------------------------------------
-
-
-class RuleEngineLike(Protocol):
-    def feed(self, event: Event) -> list[Intervention]: ...
-    def swap(self, new_ruleset: Any) -> None: ...
-    def sweep(self, now: Any) -> int: ...
-    def close(self) -> None: ...
-
-
-class _NoRules:
-    """Stands in when there is no rule pack (empty folder): consumes events, fires nothing."""
-
-    def feed(self, event: Event) -> list[Intervention]:
-        return []
-
-    def swap(self, new_ruleset: Any) -> None:
-        return None
-
-    def sweep(self, now: Any) -> int:
-        return 0
-
-    def close(self) -> None:
-        return None
-
-
-def load_ruleset(rules_dir: Path) -> Any | None:
-    """The rule pack in `rules_dir` (RuleSetError if invalid), or None when there are no rule files."""
-    try:
-        from atmguard.rules import load_rules
-    except ImportError:
-        from atmguard.rules.ruleset import load_rules
-
-    if not rules_dir.exists() or not any(rules_dir.rglob("*.y*ml")):
-        return None
-    return load_rules([rules_dir])
-
-
-def make_rule_engine(ruleset: Any | None) -> RuleEngineLike:
-    """A RuleEngine over `ruleset` (the only thing wrapping durable_rules), or one that fires nothing."""
-    if ruleset is None:
-        return _NoRules()
-    try:
-        from atmguard.rules import RuleEngine
-    except ImportError:
-        from atmguard.rules.runtime import RuleEngine
-
-    engine: RuleEngineLike = RuleEngine(ruleset)
-    return engine
-
-
-def longest_window_s(ruleset: Any | None) -> float:
-    """The longest `within:` of the rules (0 when none)."""
-    longest = 0.0
-    for rule in getattr(ruleset, "rules", None) or []:
-        within = getattr(getattr(rule, "when", None), "within", None) or 0.0
-        longest = max(longest, float(within), float(getattr(rule, "cooldown", 0.0) or 0.0))
-    return longest
+_HW_SENTINEL = json.dumps("~hw").encode()
 
 
 # --- Options ------------------------------------------------------------------------------------
@@ -290,13 +118,11 @@ class EngineOptions:
     @classmethod
     def from_env(cls, **values: Any) -> EngineOptions:
         """Options with tuning from ATMGUARD_ENGINE_* variables (e.g. ATMGUARD_ENGINE_SESSION_TIMEOUT_S=2)."""
-        import os
-
         for name, default in cls.__dataclass_fields__.items():
             raw = os.environ.get(f"ATMGUARD_ENGINE_{name.upper()}")
             if raw is None or name in values or name == "extra_conf":
                 continue
-            kind = type(default.default) if default.default is not MISSING else str
+            kind: type[Any] = type(default.default) if default.default is not MISSING else str
             values[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
         return cls(**values)
 
@@ -304,11 +130,7 @@ class EngineOptions:
 # --- The engine -------------------------------------------------------------------------------
 
 
-def _epoch_s(value: Any) -> float:
-    return float(value.timestamp())
-
-
-class EngineFenced(Exception):  # noqa: N818 - a state, not a failure
+class EngineFenced(Exception):  # a state, not a failure: hence no "Error" in its name
     """The engine was fenced (broker reset or interrupted batch): it must not write or commit."""
 
 
@@ -324,7 +146,7 @@ def app_id_for(options: EngineOptions, epoch: str | None) -> str:
 
 
 class Engine:
-    """One engine worker: the Faust app, its topics, agent and state table, and the rules."""
+    """One engine worker: the Faust app, its topics, agent and state table, around the engine core."""
 
     def __init__(
         self, settings: Settings, options: EngineOptions, broker_url: str, *, epoch: str | None = None
@@ -341,8 +163,17 @@ class Engine:
         runtime_policy.shorten_gil_switch()  # Faust's consumer thread would keep the loop waiting
         datadir = Path(options.data_dir) / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
+        # what the app's transport needs from this engine (kafka/compat.py)
+        self.hooks = EngineHooks(
+            fetch_max_wait_ms=options.fetch_max_wait_ms,
+            commit_timeout_s=options.commit_timeout_s,
+            input_topics=frozenset({settings.topic_facts, settings.topic_bank}),
+            is_fenced=lambda: self.fenced is not None,
+            before_flush=self.flush_changelog,
+        )
         self.app = FaustApp(
             app_id_for(options, epoch),
+            hooks=self.hooks,
             broker=broker_url,
             store="memory://",
             datadir=str(datadir),
@@ -364,10 +195,6 @@ class Engine:
             value_serializer="json",
             **options.extra_conf,
         )
-        # read by _LowLatencyConsumerThread; Settings objects accept extra attributes
-        self.app.conf.atmguard_fetch_max_wait_ms = options.fetch_max_wait_ms  # type: ignore[attr-defined]
-        self.app.conf.atmguard_commit_timeout_s = options.commit_timeout_s  # type: ignore[attr-defined]
-        self.app.conf.atmguard_input_topics = {settings.topic_facts, settings.topic_bank}  # type: ignore[attr-defined]
         self.inputs = self.app.topic(
             settings.topic_facts, settings.topic_bank, value_serializer="raw", key_serializer="raw"
         )
@@ -388,28 +215,47 @@ class Engine:
         self.app.task(self._watch_rules)
         self.app.timer(1.0)(self._report_lag)
 
-        self.ruleset: Any | None = None
-        self.rule_engine: RuleEngineLike = _NoRules()
-        self.ttl_s = options.dedupe_ttl_s
-        self._expiry: dict[int, list[tuple[float, str]]] = defaultdict(list)
-        self._max_ts: dict[int, float] = defaultdict(float)
         self._positions: dict[tuple[str, int], int] = {}
-        self._last_sweep = time.monotonic()
-        self._latest_ts: Any = None
-        self.processed = 0
         self.consumed = 0
-        self._topic_metrics: dict[str, _TopicMetrics] = {}
-        self._changelog_topic = self.table.changelog_topic.get_topic_name()
-        self._cl_buf: dict[int, list[tuple[bytes, bytes | None]]] = defaultdict(list)
+        self._topic_metrics: dict[str, TopicMetrics] = {}
+        self._changelog_topic: str = self.table.changelog_topic.get_topic_name()
+        self._cl_buf: defaultdict[int, list[tuple[bytes, bytes | None]]] = defaultdict(list)
         self._cl_count = 0
         self._cl_lock = asyncio.Lock()
-        self._inflight: set[str] = set()
-        self._seq = 0
-        self.app.atmguard_before_flush = self.flush_changelog  # type: ignore[attr-defined]
+        self.core = EngineCore(
+            self.table.data, self._changelog,
+            dedupe_ttl_s=options.dedupe_ttl_s, sweep_interval_s=options.sweep_interval_s,
+        )
         self.app.timer(0.02)(self._flush_timer)
-        self.published = 0
         self.restored = 0
+        # the rule loading and hot reload the gateway's advisor uses too (atmguard/rules/reload.py)
+        self.rules = RulePackWatcher(
+            Path(options.rules_dir), self._apply_rules, debounce_ms=options.reload_debounce_ms,
+            on_reload=self.metrics.rule_reloads.inc, on_failure=self.metrics.rule_reload_failures.inc, logger=log,
+        )
         self._load_initial_rules()
+
+    # what the core decides, read by the worker, the stack and the tests
+
+    @property
+    def ruleset(self) -> RuleSet | None:
+        return self.core.ruleset
+
+    @property
+    def rule_engine(self) -> RuleEngineLike:
+        return self.core.rule_engine
+
+    @property
+    def ttl_s(self) -> float:
+        return self.core.ttl_s
+
+    @property
+    def processed(self) -> int:
+        return self.core.processed
+
+    @property
+    def published(self) -> int:
+        return self.core.published
 
     # -- fencing ---------------------------------------------------------------------------------
 
@@ -418,7 +264,7 @@ class Engine:
 
         Used before the app is replaced: after the broker lost its data (`abort_producer`: the
         records still pending are failed, they belong to the old broker and, retried into the
-        new one, would break its partitions; see publisher.abort_producer), and after a batch
+        new one, would break its partitions; see kafka/compat.abort_producer), and after a batch
         was interrupted mid-way (its records were never fully processed, and Faust acks a
         batch whatever happened to it: committing now could skip them). Records fenced out
         are delivered again to the next app from the last committed offset (at least once);
@@ -427,104 +273,52 @@ class Engine:
         if self.fenced is None:
             self.fenced = reason
             log.info("engine fenced (%s): no more commits or writes from this app", reason)
-        self.app.atmguard_fenced = True  # type: ignore[attr-defined]
-        consumer = getattr(self.app, "_consumer", None)
-        thread = getattr(consumer, "_thread", None)
-        if isinstance(thread, _LowLatencyConsumerThread):
-            thread.cancel_commits()
+        cancel_commits(self.app)  # the hooks' is_fenced() holds from now on: no new commit starts
         if abort_producer:
-            producer = getattr(getattr(self.app, "_producer", None), "_producer", None)
-            if producer is not None:
-                publisher.abort_producer(producer, EngineFenced(reason))
+            abort_app_producer(self.app, EngineFenced(reason))
 
     # -- rules ----------------------------------------------------------------------------------
 
     def _load_initial_rules(self) -> None:
+        # invalid rules: keep consuming (nothing accepted is lost) and say exactly where they are
+        # wrong; the folder is watched, so fixing the file loads the rules
+        ruleset = self.rules.first_load("invalid rules, the engine fires NOTHING until they are fixed")
         try:
-            ruleset = load_ruleset(self.options.rules_dir)
+            self.core.install_rules(ruleset)
         except ImportError as exc:
+            self.rules.digest = None  # nothing runs: the next change of the folder tries again
             log.warning("rules runtime not available (%s); the engine consumes events but fires nothing", exc)
             return
-        except RuleSetError as exc:
-            # keep consuming (nothing accepted is lost) and say exactly where the rules are wrong;
-            # the folder is watched, so fixing the file loads the rules
-            self.metrics.rule_reload_failures.inc()
-            for line in [str(e) for e in exc.errors] or [str(exc)]:
-                log.error("invalid rules, the engine fires NOTHING until they are fixed: %s", line)
-            ruleset = None
-        self._install(ruleset)
+        self._installed(ruleset)
 
-    def _install(self, ruleset: Any | None) -> None:
-        self.ruleset = ruleset
-        self.rule_engine = make_rule_engine(ruleset)
-        self.ttl_s = max(self.options.dedupe_ttl_s, longest_window_s(ruleset) + 60.0)
-        self.metrics.rules_loaded.set(len(getattr(ruleset, "rules", []) or []))
+    def _installed(self, ruleset: RuleSet | None) -> None:
+        """Say which rules a fresh rule engine runs."""
+        self.metrics.rules_loaded.set(len(ruleset.rules) if ruleset is not None else 0)
         if ruleset is None:
             log.warning("no rules loaded from %s: the engine fires nothing until valid rules are there",
                         self.options.rules_dir)
         else:
-            log.info(
-                "rules loaded from %s: %d rules, digest %s",
-                self.options.rules_dir,
-                len(ruleset.rules),
-                getattr(ruleset, "digest", "?"),
-            )
+            log.info("rules loaded from %s: %d rules, digest %s", self.options.rules_dir, len(ruleset.rules),
+                     ruleset.digest)
+
+    def _apply_rules(self, ruleset: RuleSet | None) -> None:
+        """A changed, valid rule pack from the watcher: in place now, between two batches (we are on the loop).
+
+        Raising (a compile error of the swap) refuses it: the watcher logs and counts that, old rules stay.
+        """
+        change = self.core.change_rules(ruleset)
+        if change == "installed":
+            self._installed(ruleset)
+        elif change == "swapped" and ruleset is not None:
+            self.metrics.rules_loaded.set(len(ruleset.rules))
 
     def reload_rules(self) -> bool:
         """Validate and compile the rules folder; swap atomically, or keep the old rules and say why."""
-        try:
-            ruleset = load_ruleset(self.options.rules_dir)
-        except RuleSetError as exc:
-            self.metrics.rule_reload_failures.inc()
-            for line in [str(e) for e in exc.errors] or [str(exc)]:
-                log.error("rule reload failed, old rules keep running: %s", line)
-            return False
-        except Exception as exc:  # noqa: BLE001 - a broken file must never stop the engine
-            self.metrics.rule_reload_failures.inc()
-            log.error("rule reload failed, old rules keep running: %s", exc)
-            return False
-        old_digest = getattr(self.ruleset, "digest", None)
-        if ruleset is not None and old_digest == getattr(ruleset, "digest", None):
-            return True
-        try:
-            if ruleset is None or isinstance(self.rule_engine, _NoRules):
-                # from no rules to rules (or back): a fresh engine; state is rebuilt from the table
-                old = self.rule_engine
-                self._install(ruleset)
-                self._replay_into(self.rule_engine, publish=False)
-                old.close()
-            else:
-                self.rule_engine.swap(ruleset)  # atomic: we are on the loop, between two events
-                self.ruleset = ruleset
-                self.ttl_s = max(self.options.dedupe_ttl_s, longest_window_s(ruleset) + 60.0)
-                self.metrics.rules_loaded.set(len(ruleset.rules))
-        except RuleSetError as exc:
-            self.metrics.rule_reload_failures.inc()
-            for line in [str(e) for e in exc.errors] or [str(exc)]:
-                log.error("rule reload failed, old rules keep running: %s", line)
-            return False
-        except Exception as exc:  # noqa: BLE001
-            self.metrics.rule_reload_failures.inc()
-            log.error("rule reload failed, old rules keep running: %s", exc)
-            return False
-        self.metrics.rule_reloads.inc()
-        log.info(
-            "rules reloaded: %d rules, digest %s",
-            len(getattr(ruleset, "rules", []) or []),
-            getattr(ruleset, "digest", "-"),
-        )
-        return True
+        return self.rules.reload()
 
     async def _watch_rules(self) -> None:
-        if not self.options.watch_rules:
-            return
-        from watchfiles import awatch
-
-        folder = Path(self.options.rules_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        log.info("watching %s for rule changes", folder)
-        async for _changes in awatch(folder, debounce=self.options.reload_debounce_ms, step=50, recursive=True):
-            self.reload_rules()
+        if self.options.watch_rules:
+            await self.rules.run()
 
     # -- processing -----------------------------------------------------------------------------
 
@@ -544,7 +338,7 @@ class Engine:
                 finished = True
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one poisoned batch must not stop every ATM
+            except Exception:  # broad on purpose: one poisoned batch must not stop every ATM
                 finished = True
                 first = events[0].message if events else None
                 if self.fenced is not None:
@@ -571,108 +365,58 @@ class Engine:
             return
         await self._process([(event.message, event.value) for event in events])
 
-    async def _process(self, records: Sequence[tuple[Any, Any]]) -> None:
-        """Parse, dedupe and record a batch in the table, evaluate the rules on it, publish its firings.
-
-        The rules are fed the whole batch with no await in between, so a hot reload or a state
-        rebuild (both run on this loop) happens between batches, never inside one.
-        """
-        data = self.table.data
+    async def _process(self, records: Sequence[tuple[Any, bytes]]) -> None:
+        """Hand a batch to the core (no await in between), count it, publish its firings."""
         now = time.time()
-        seq = max(time.time_ns(), self._seq)
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        admitted: list[tuple[Event, int, float]] = []
-        batch_max_ts: dict[int, float] = {}
-        for message, raw in records:
-            topic, partition = message.topic, message.partition
+        for message, _ in records:
+            topic = message.topic
             self.consumed += 1
-            self._positions[(topic, partition)] = message.offset + 1
-            m = self._labelled(topic)
+            self._positions[(topic, message.partition)] = message.offset + 1
             if message.timestamp:
-                m.lag.observe(max(0.0, now - message.timestamp))
-            try:
-                ev = parse_event(raw, source=f"{topic}[{partition}]@{message.offset}")
-            except EventError as exc:
-                self.metrics.events_invalid.labels(topic).inc()
-                log.warning("skipped a record that does not fit the contract: %s", exc)
-                continue
-            counts[(topic, ev.type)] += 1
-            rid = _record_id(ev)
-            if rid in data:
-                m.duplicate.inc()
-                continue
-            ts = _epoch_s(ev.ts)
-            text = raw.decode() if isinstance(raw, bytes | bytearray) else ev.to_json()
-            seq += 1  # "s": arrival order (the replay order), strictly increasing within and across batches
-            self._put(partition, rid, {"k": event_key(ev), "t": ts, "s": seq, "p": partition, "v": text})
-            admitted.append((ev, partition, ts))
-            if ts > batch_max_ts.get(partition, float("-inf")):
-                batch_max_ts[partition] = ts
-            if self._latest_ts is None or ev.ts > self._latest_ts:
-                self._latest_ts = ev.ts
-        self._seq = seq
-        for (topic, kind), n in counts.items():
-            self._labelled(topic).events_in(kind).inc(n)
-
-        engine = self.rule_engine
-        fired: list[tuple[Intervention, int, float | None]] = []
-        for ev, partition, ts in admitted:
-            try:
-                interventions = engine.feed(ev)
-            except Exception:  # noqa: BLE001 - one event the rules choke on must not lose the batch
-                log.exception("rules failed on event %s (%s)", ev.id, ev.type)
-                continue
-            self.processed += 1
-            fired.extend((iv, partition, ts) for iv in interventions)
-        for partition, ts in batch_max_ts.items():
-            self._expire(partition, ts)
-        self.metrics.state_events.set(len(data))
-        if time.monotonic() - self._last_sweep > self.options.sweep_interval_s and self._latest_ts is not None:
-            self._last_sweep = time.monotonic()
-            # watermark: the newest event time minus a slack for late ATMs (skewed clocks, delays)
-            self.rule_engine.sweep(self._latest_ts - timedelta(seconds=SWEEP_SLACK_S))
-        if fired:
-            await self._publish_many(fired)
+                self._labelled(topic).lag.observe(max(0.0, now - message.timestamp))
+        outcome = self.core.process(records)
+        self._count(outcome)
+        self.metrics.state_events.set(len(self.table.data))
+        if outcome.firings:
+            await self._publish_many(outcome.firings)
         elif self._cl_count >= CHANGELOG_BATCH:
             await self.flush_changelog()
 
-    async def _publish_once(self, iv: Intervention, partition: int, event_ts: float | None = None) -> None:
-        """Publish unless already acknowledged before; `event_ts`: time of the event that completed the match."""
-        await self._publish_many([(iv, partition, event_ts)])
+    def _count(self, outcome: BatchOutcome) -> None:
+        for (topic, kind), n in outcome.events_in.items():
+            self._labelled(topic).events_in(kind).inc(n)
+        for topic, n in outcome.duplicates.items():
+            self._labelled(topic).duplicate.inc(n)
+        for topic, n in outcome.invalid.items():
+            self._labelled(topic).invalid.inc(n)
 
-    async def _publish_many(self, items: Sequence[tuple[Intervention, int, float | None]]) -> None:
-        """Publish the interventions not acknowledged (nor being published) before, concurrently.
+    async def _publish_many(self, firings: Sequence[Firing]) -> None:
+        """Publish the firings the core says are due (not acknowledged nor being published), concurrently.
 
         Each one is retried until the broker acknowledged it; then all their "published" marks go
         to the state table and the changelog is flushed and awaited once: a crash after this must
-        not re-notify. `event_ts`: time of the event that completed the match (None for replays).
+        not re-notify.
         """
-        data = self.table.data
-        todo: list[tuple[Intervention, int, float | None]] = []
-        for iv, partition, event_ts in items:
-            if "i:" + iv.id in data or iv.id in self._inflight:
-                continue
-            self._inflight.add(iv.id)
-            todo.append((iv, partition, event_ts))
+        todo = self.core.claim(firings)
         if not todo:
             return
         try:
-            for iv, _, _ in todo:
-                self.metrics.rule_firings.labels(iv.rule, iv.mode).inc()
-            await asyncio.gather(*(self._send_acked(iv) for iv, _, _ in todo))
+            for f in todo:
+                self.metrics.rule_firings.labels(f.intervention.rule, f.intervention.mode).inc()
+            await asyncio.gather(*(self._send_acked(f.intervention) for f in todo))
             now = time.time()
-            for iv, partition, event_ts in todo:
-                self.published += 1
+            for f in todo:
+                self.core.acknowledged(f)
+                iv = f.intervention
                 self.metrics.interventions_published.labels(iv.rule, iv.severity).inc()
-                if event_ts is not None:  # replays after a restart are not latency
-                    self.metrics.intervention_latency.observe(max(0.0, now - event_ts))
-                self._put(partition, "i:" + iv.id, {"k": iv.atm_id, "t": _epoch_s(iv.ts), "p": partition})
+                if f.event_ts is not None:  # replays after a restart are not latency
+                    self.metrics.intervention_latency.observe(max(0.0, now - f.event_ts))
             # the "published" marks on the broker now, not within 20 ms: a crash must not re-notify
             await self.flush_changelog(wait=True)
         finally:
-            for iv, _, _ in todo:
-                self._inflight.discard(iv.id)
-        for iv, _, _ in todo:
+            self.core.release(todo)
+        for f in todo:
+            iv = f.intervention
             log.info(
                 "intervention %s rule=%s v%s severity=%s mode=%s atm=%s",
                 iv.id, iv.rule, iv.rule_version, iv.severity, iv.mode, iv.atm_id,
@@ -690,29 +434,23 @@ class Engine:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - keep the event unacked and retry until the broker is back
+            except Exception as exc:  # broad on purpose: keep it unacked and retry until the broker is back
                 if self.fenced is not None:
                     raise EngineFenced(self.fenced) from exc
                 log.warning("publishing intervention %s failed (%r); retrying in %.1f s", iv.id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    # -- the state table -------------------------------------------------------------------------
+    # -- the state table's changelog -------------------------------------------------------------
 
-    def _put(self, partition: int, key: str, value: dict[str, Any]) -> None:
-        """Set a table key and queue its changelog record to *this* partition explicitly."""
-        self.table.data[key] = value
-        self._changelog(partition, key, value)
-        heapq.heappush(self._expiry[partition], (value["t"], key))
-
-    def _changelog(self, partition: int, key: str, value: dict[str, Any] | None) -> None:
-        """Queue one changelog record (the JSON bytes Faust's table recovery decodes).
+    def _changelog(self, partition: int, key: str, value: StoredJSON | None) -> None:
+        """Queue one changelog record (the JSON bytes Faust's table recovery decodes): the core's sink.
 
         Faust's own `Table.send_changelog` costs ~0.3 ms a record and even one aiokafka `send()`
         per record ~0.5 ms under load, so records are batched per partition and written with
         `send_batch` every 20 ms, after a batch of events that queued 500 records or made an
         intervention, and before every offset commit (Faust flushes
-        its producer first; `_FlushHookProducer` flushes us before that): no offset is committed
+        its producer first; compat's `FlushHookProducer` flushes us before that): no offset is committed
         before the state records of its events are on the broker, so at-least-once holds.
         """
         payload = None if value is None else json.dumps(value, separators=(",", ":")).encode()
@@ -730,7 +468,7 @@ class Engine:
         futures: list[Any] = []
         async with self._cl_lock:
             buf, self._cl_buf, self._cl_count = self._cl_buf, defaultdict(list), 0
-            producer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]
+            producer = app_producer(self.app)
             for partition, records in buf.items():
                 batch = producer.create_batch()
                 for k, v in records:
@@ -755,31 +493,13 @@ class Engine:
     async def _flush_timer(self) -> None:
         await self.flush_changelog()
 
-    def _labelled(self, topic: str) -> _TopicMetrics:
-        m = self._topic_metrics.get(topic)
-        if m is None:
-            m = self._topic_metrics[topic] = _TopicMetrics(self.metrics, topic)
-        return m
-
-    def _expire(self, partition: int, ts: float) -> None:
-        """Forget records of this partition older than the TTL (event time of the partition)."""
-        if ts > self._max_ts[partition]:
-            self._max_ts[partition] = ts
-        horizon = self._max_ts[partition] - self.ttl_s
-        heap = self._expiry[partition]
-        data = self.table.data
-        while heap and heap[0][0] < horizon:
-            t, key = heapq.heappop(heap)
-            rec = data.get(key)
-            if rec is not None and rec.get("t") == t and rec.get("p") == partition:
-                data.pop(key, None)
-                self._changelog(partition, key, None)
+    # -- assignment and lag ----------------------------------------------------------------------
 
     def _active_partitions(self) -> set[int]:
-        inputs: set[str] = self.app.conf.atmguard_input_topics  # type: ignore[attr-defined]
+        inputs = self.hooks.input_topics
         try:
             assigned = self.app.consumer.assignment()
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - no consumer (yet, or any more): nothing is assigned
             return set()
         return {tp.partition for tp in assigned if tp.topic in inputs}
 
@@ -788,85 +508,32 @@ class Engine:
         if self.fenced is not None:
             return
         started = time.monotonic()
-        active = self._active_partitions()
-        data = self.table.data
-        for key in [k for k, v in data.items() if isinstance(v, dict) and v.get("p") not in active]:
-            data.pop(key, None)  # revoked partition: its owner now has these records
-        self._expiry = defaultdict(list)
-        for key, rec in data.items():
-            if isinstance(rec, dict) and "t" in rec:
-                heapq.heappush(self._expiry[rec["p"]], (rec["t"], key))
-                self._max_ts[rec["p"]] = max(self._max_ts[rec["p"]], rec["t"])
-        fresh = make_rule_engine(self.ruleset)
-        pending = self._replay_into(fresh, publish=True)
-        old, self.rule_engine = self.rule_engine, fresh
-        old.close()
-        await self._publish_many([(iv, partition, None) for iv, partition in pending])
+        recovery = self.core.recover(self._active_partitions())
+        await self._publish_many(recovery.pending)
         self.metrics.restores.inc()
-        self.metrics.state_events.set(len(data))
-        events = sum(1 for k in data if str(k).startswith(("e:", "b:")))
+        self.metrics.state_events.set(len(self.table.data))
         log.info(
             "rule state rebuilt for partitions %s from %d recent events in %.2f s (%d unacknowledged "
             "interventions re-published)",
-            sorted(active), events, time.monotonic() - started, len(pending),
+            recovery.partitions, recovery.events, time.monotonic() - started, len(recovery.pending),
         )
         self.restored += 1
 
-    def _replay_into(self, engine: RuleEngineLike, *, publish: bool) -> list[tuple[Intervention, int]]:
-        """Feed the table's recent events, in arrival order, to `engine`; return unpublished firings."""
-        data = self.table.data
-        records = sorted(
-            (rec for key, rec in data.items() if str(key).startswith(("e:", "b:")) and isinstance(rec, dict)),
-            key=lambda r: r.get("s", 0),
-        )
-        pending: list[tuple[Intervention, int]] = []
-        for rec in records:
-            try:
-                ev = parse_event(rec["v"])
-            except (EventError, KeyError):
-                continue
-            for iv in engine.feed(ev):
-                if publish and "i:" + iv.id not in data:
-                    pending.append((iv, int(rec["p"])))
-        return pending
+    def _labelled(self, topic: str) -> TopicMetrics:
+        m = self._topic_metrics.get(topic)
+        if m is None:
+            m = self._topic_metrics[topic] = TopicMetrics(self.metrics, topic)
+        return m
 
     async def _report_lag(self) -> None:
         consumer = self.app.consumer
         for (topic, partition), position in list(self._positions.items()):
+            # a partition revoked or a consumer being replaced has no high-water mark: skip it this time
             with contextlib.suppress(Exception):
                 tp = faust.types.TP(topic, partition)
                 high = consumer.highwater(tp)
                 if high is not None:
                     self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - position))
-
-
-_HW_SENTINEL = json.dumps("~hw").encode()
-CHANGELOG_BATCH = 500
-"""Queued state records that make a batch flush them at once (else the 20 ms timer does)."""
-
-
-class _TopicMetrics:
-    """Metric children of one input topic, resolved once (labels() costs ~20 us a call)."""
-
-    def __init__(self, metrics: Any, topic: str) -> None:
-        self.lag = metrics.processing_lag.labels(topic)
-        self.duplicate = metrics.events_duplicate.labels(topic)
-        self._events_in = metrics.events_in
-        self._topic = topic
-        self._by_type: dict[str, Any] = {}
-
-    def events_in(self, kind: str) -> Any:
-        child = self._by_type.get(kind)
-        if child is None:
-            child = self._by_type[kind] = self._events_in.labels(self._topic, kind)
-        return child
-
-
-def _record_id(ev: Event) -> str:
-    """The table key of a processed event: facts by id, bank events by bank and id."""
-    if isinstance(ev, BankEvent):
-        return f"b:{ev.bank_id}:{ev.id}"
-    return f"e:{ev.id}"
 
 
 def intervention_from_record(raw: bytes | str) -> Intervention:

@@ -9,7 +9,7 @@ lost with the broker's data, and processing goes on for everything published aft
 The old app runs on against the restarted broker until the change is noticed, and whatever
 it still sends there is harmful: offsets of the old topics, committed into the new ones,
 would skip new events; its retried records break the partitions they land on (Tansu 0.6.0,
-see publisher.abort_producer); and its commits for topics that are gone are retried by
+see kafka/compat.abort_producer); and its commits for topics that are gone are retried by
 aiokafka forever, which is how the reset used to hang. So (1) consumer group and state
 topic are per epoch (engine.app_id_for): what the old app commits or writes lands in names
 the new one never reads; (2) the old app is fenced before it is stopped: it commits nothing,
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from atmguard.core import runtime_policy
+from atmguard.kafka.compat import abandon_consumer_thread
 from atmguard.kafka.topics import EpochWatch, bootstrap_of, ensure_topics
 
 if TYPE_CHECKING:
@@ -181,11 +182,7 @@ async def _stop_app(engine: Engine, starting: asyncio.Future[bool], timeout: flo
         return
     log.error("engine's Faust app did not stop within %.0f s: abandoning it", timeout)
     engine.fence("abandoned", abort_producer=True)
-    thread = getattr(getattr(app, "_consumer", None), "_thread", None)
-    loop = getattr(thread, "thread_loop", None)
-    if loop is not None:
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(loop.stop)
+    abandon_consumer_thread(app)
 
 
 async def main_worker(settings: Settings, broker_url: str, *, http_port: int = 0) -> int:

@@ -15,11 +15,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
 from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention
+from atmguard.rules.reload import RulePackWatcher
+from atmguard.rules.ruleset import RuleSet
+from atmguard.rules.runtime import RuleEngine
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ class Engine(Protocol):
     def peek(self, event: Any) -> list[Intervention]: ...
 
     def sweep(self, now: datetime) -> int: ...
+
+    def swap(self, new_ruleset: RuleSet) -> None: ...
 
 
 class Advice(BaseModel):
@@ -65,7 +71,7 @@ class HoldAdvisor:
     _closed: set[str] = field(default_factory=set)
     _latest_ts: datetime | None = None
     _last_sweep: float = 0.0
-    watcher: RulesWatcher | None = None
+    watcher: RulePackWatcher | None = None
 
     # --- state from the stream -------------------------------------------------------
     def on_event(self, event: BehaviorFact | BankEvent) -> None:
@@ -98,6 +104,14 @@ class HoldAdvisor:
                 if not holds:
                     self._holds.pop(atm, None)
 
+    def use_rules(self, pack: RuleSet | None) -> None:
+        """Run a new valid pack (the watcher's `install`); a RuleError leaves the running rules."""
+        if self.engine is not None:
+            # state carried over; no rule file left: nothing fires, open holds still advise
+            self.engine.swap(pack if pack is not None else RuleSet(rules=[]))
+        elif pack is not None:
+            self.engine = RuleEngine(pack)  # the first valid pack since start-up
+
     # --- the answer ------------------------------------------------------------------
     def open_hold(self, atm_id: str) -> Intervention | None:
         """The newest open hold intervention at this ATM, if any."""
@@ -122,7 +136,7 @@ class HoldAdvisor:
         if self.engine is not None:
             try:
                 fired = self.engine.peek(event)
-            except Exception:
+            except Exception:  # a rule engine problem must not fail the bank's request: allow, logged
                 log.exception("advisor peek failed on event %s", event.id)
                 fired = []
             holds = [iv for iv in fired if iv.actions.hold and iv.mode == "enforce" and iv.id not in self._closed]
@@ -154,95 +168,28 @@ class HoldAdvisor:
         self._last_sweep = now
         try:
             self.engine.sweep(self._latest_ts)
-        except Exception:
+        except Exception:  # a failed sweep only keeps stale state a while longer; the next one retries
             log.exception("advisor sweep failed")
 
 
-def _loader() -> Callable[[list[Any]], Any]:
-    import importlib
+def advisor_from_rules(rules_dir: Path | str, hold_ttl_s: float = 1800.0) -> HoldAdvisor:
+    """An advisor with a RuleEngine over the rule pack; without valid rules, open holds only.
 
-    return getattr(importlib.import_module("atmguard.rules"), "load_rules", None) or _load_rule_files
-
-
-def _rules_signature(rules_dir: Any) -> tuple[tuple[str, int, int], ...]:
-    from pathlib import Path
-
-    root = Path(rules_dir)
-    files = sorted(root.rglob("*.y*ml")) if root.is_dir() else [root] if root.exists() else []
-    return tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
-
-
-@dataclass
-class RulesWatcher:
-    """Hot reload of the advisor's rules, like the engine's: a changed, valid pack is swapped in;
-    an invalid one is logged and the running rules stay."""
-
-    advisor: HoldAdvisor
-    rules_dir: Any
-    signature: tuple[tuple[str, int, int], ...] = ()
-
-    def check(self) -> bool:
-        """Reload if a rule file changed (cheap: stats only); True when a new pack was swapped in."""
+    Its `watcher` (atmguard.rules.reload, the engine's mechanism) is started by whoever runs the
+    advisor beside the stream: a changed, valid pack is swapped in; an invalid one is logged and
+    the running rules stay.
+    """
+    advisor = HoldAdvisor(hold_ttl_s=hold_ttl_s)
+    watcher = RulePackWatcher(Path(rules_dir), advisor.use_rules, logger=log)
+    pack = watcher.first_load("invalid rules, the hold advisor runs without them")
+    if pack is not None:
         try:
-            sig = _rules_signature(self.rules_dir)
-        except OSError:
-            return False
-        if sig == self.signature:
-            return False
-        self.signature = sig
-        engine = self.advisor.engine
-        if engine is None or not hasattr(engine, "swap"):
-            return False
-        try:
-            engine.swap(_loader()([self.rules_dir]))
-        except Exception as exc:
-            log.error("hold advisor keeps its rules: the changed rule pack is invalid: %s", exc)
-            return False
-        log.info("hold advisor reloaded the rules from %s", self.rules_dir)
-        return True
-
-
-def advisor_from_rules(rules_dir: Any, hold_ttl_s: float = 1800.0) -> HoldAdvisor:
-    """An advisor with a RuleEngine over the rule pack; without rules (or runtime), open holds only."""
-    engine: Engine | None = None
-    try:
-        import importlib
-
-        rule_engine = importlib.import_module("atmguard.rules.runtime").RuleEngine
-        signature = _rules_signature(rules_dir)
-        engine = rule_engine(_loader()([rules_dir]))
-    except Exception as exc:
-        log.warning("hold advisor runs without a rule engine (%s): only open interventions advise hold", exc)
-        signature = ()
-    advisor = HoldAdvisor(engine=engine, hold_ttl_s=hold_ttl_s)
-    advisor.watcher = RulesWatcher(advisor, rules_dir, signature)
+            advisor.engine = RuleEngine(pack)
+        except Exception as exc:  # noqa: BLE001 - the gateway answers banks without rules too
+            log.warning("hold advisor rules do not compile (%s)", exc)
+            watcher.digest = None  # nothing runs: the same pack, once it compiles, is a change
+    if advisor.engine is None:
+        log.warning("hold advisor runs without a rule engine until valid rules are in %s: only open "
+                    "interventions advise hold", rules_dir)
+    advisor.watcher = watcher
     return advisor
-
-
-@dataclass
-class _Pack:
-    rules: list[Any]
-    digest: str
-
-
-def _load_rule_files(paths: list[Any]) -> _Pack:
-    """Plain YAML rule files (used only until the rule-language loader is installed)."""
-    import hashlib
-    from pathlib import Path
-
-    from ruamel.yaml import YAML
-
-    from atmguard.rules.schema import Rule
-
-    rules: list[Any] = []
-    digest = hashlib.sha256()
-    for root in paths:
-        root = Path(root)
-        files = sorted(root.rglob("*.y*ml")) if root.is_dir() else [root]
-        for f in files:
-            text = f.read_text(encoding="utf-8")
-            digest.update(text.encode())
-            data = YAML(typ="safe").load(text)
-            items = data.get("rules", [data]) if isinstance(data, dict) else data or []
-            rules.extend(Rule.model_validate(item) for item in items)
-    return _Pack(rules, digest.hexdigest())

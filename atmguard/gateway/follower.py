@@ -21,7 +21,7 @@ from atmguard.core.settings import Settings
 from atmguard.gateway.advisor import HoldAdvisor
 from atmguard.gateway.casebook import CaseBook
 from atmguard.gateway.webhooks import BankWebhooks
-from atmguard.kafka.pacing import pace_fetches
+from atmguard.kafka.compat import check_versions, pace_fetches
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class TopicFollower:
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
+        check_versions()  # its consumers are paced (compat.pace_fetches): refuse an aiokafka that does not fit
         s, loop = self.settings, asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._run((s.topic_facts, s.topic_interventions), every_s=0.0)),
@@ -168,14 +169,8 @@ class TopicFollower:
                 if interventions in topics:
                     self.ready.set()
                 delay = 0.5
-                loop = asyncio.get_running_loop()
-                next_rules_check = loop.time() + 5
                 while True:
                     batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-                    watcher = self.recorder.advisor.watcher if self.recorder.advisor is not None else None
-                    if watcher is not None and interventions in topics and loop.time() >= next_rules_check:
-                        next_rules_check = loop.time() + 5
-                        watcher.check()
                     got = 0
                     for tp, records in batches.items():
                         got += len(records)

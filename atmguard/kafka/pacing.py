@@ -15,6 +15,9 @@ slow one is asked less often and answers with more records each time, so the rec
 little longer instead of the whole machine waiting for the broker. An empty fetch (the
 consumer is caught up; the broker holds it until data comes) is not paced: the first record
 after a quiet spell is delivered at once.
+
+This module is the policy only; `atmguard.kafka.compat.pace_fetches` installs it on an
+aiokafka consumer (the one place that knows the consumer internals it replaces).
 """
 
 from __future__ import annotations
@@ -40,54 +43,57 @@ def pacing_ratio(default: float = DEFAULT_RATIO) -> float:
         return default
 
 
-def pace_fetches(
-    consumer: Any,
-    *,
-    ratio: float | None = None,
-    max_wait_s: float = DEFAULT_MAX_WAIT_S,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> bool:
-    """Pace a *started* aiokafka consumer's fetches; False if it cannot be (pacing off, or an
-    aiokafka whose fetcher does not look as expected: the consumer then runs unpaced).
+class PacedFetch:
+    """One consumer's fetch and send, wrapped: the broker's answer is timed, the next fetch waits.
 
-    The time that counts is the broker's answer (the fetch request's round trip), not the
-    decoding of the records after it: with a backlog a fetch brings thousands of records, and
-    pacing by the whole fetch would idle the consumer four fifths of the time. `sleep` is how
-    the wait is spent (a test passes its own to see the waits of this consumer only)."""
-    share = pacing_ratio() if ratio is None else ratio
-    fetcher: Any = getattr(consumer, "_fetcher", None)
-    fetch = getattr(fetcher, "_proc_fetch_request", None)
-    client: Any = getattr(fetcher, "_client", None)
-    send = getattr(client, "send", None)
-    if share <= 0 or fetch is None or send is None or getattr(fetch, "atmguard_paced", False):
-        return False
-    next_at: dict[int, float] = {}
-    answered_in: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("answered_in", default=None)
+    `fetch(assignment, node_id, request)` is one fetch from one broker (True if it brought
+    records) and runs in a task of its own; `send` is how it talks to the broker. Which
+    consumer internals these are, and how they are swapped, is atmguard/kafka/compat.py's
+    business (`pace_fetches`)."""
 
-    async def timed_send(*args: Any, **kwargs: Any) -> Any:
-        times = answered_in.get()
+    def __init__(
+        self,
+        fetch: Callable[[Any, int, Any], Awaitable[Any]],
+        send: Callable[..., Awaitable[Any]],
+        *,
+        ratio: float,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.ratio = ratio
+        self.max_wait_s = max_wait_s
+        self._fetch = fetch
+        self._send = send
+        self._sleep = sleep
+        self._next_at: dict[int, float] = {}
+        # the send times of the fetch running in this task
+        self._answered_in: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar(
+            "answered_in", default=None
+        )
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        """The client's send, timed when it carries a fetch."""
+        times = self._answered_in.get()
         if times is None:  # not a fetch (metadata, offsets, group): as it was
-            return await send(*args, **kwargs)
+            return await self._send(*args, **kwargs)
         started = time.monotonic()
         try:
-            return await send(*args, **kwargs)
+            return await self._send(*args, **kwargs)
         finally:
             times.append(time.monotonic() - started)
 
-    async def paced(assignment: Any, node_id: int, request: Any) -> bool:
-        wait = next_at.get(node_id, 0.0) - time.monotonic()
+    async def fetch(self, assignment: Any, node_id: int, request: Any) -> bool:
+        """One fetch, after the wait the previous one from this broker earned."""
+        wait = self._next_at.get(node_id, 0.0) - time.monotonic()
         if wait > 0:
             try:
-                await sleep(wait)
+                await self._sleep(wait)
             except asyncio.CancelledError:
                 return False  # as aiokafka's own fetch does when the assignment changes or it closes
         times: list[float] = []
-        answered_in.set(times)  # this task's fetch only (each fetch runs in a task of its own)
-        got_records = bool(await fetch(assignment, node_id, request))
-        next_at[node_id] = time.monotonic() + min(sum(times) * share, max_wait_s) if got_records else 0.0
+        self._answered_in.set(times)  # this task's fetch only (each fetch runs in a task of its own)
+        got_records = bool(await self._fetch(assignment, node_id, request))
+        self._next_at[node_id] = (
+            time.monotonic() + min(sum(times) * self.ratio, self.max_wait_s) if got_records else 0.0
+        )
         return got_records
-
-    paced.atmguard_paced = True  # type: ignore[attr-defined]
-    fetcher._proc_fetch_request = paced
-    client.send = timed_send
-    return True

@@ -8,7 +8,6 @@ While the broker is unreachable it raises `BrokerUnavailable`; the next call tri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from prometheus_client import Histogram
 
 from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention
 from atmguard.core.errors import AtmGuardError
+from atmguard.kafka.compat import abort_producer, check_versions
 from atmguard.kafka.topics import ensure_topics, event_key
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ class EventPublisher:
     """Sends behaviour facts, bank events and interventions to their topics, keyed by atm_id."""
 
     def __init__(self, bootstrap: str, settings: Settings, *, timeout: float = 5.0, linger_ms: int = 0) -> None:
+        check_versions()  # its producer may be aborted (abort_producer): refuse an aiokafka it does not fit
         self.bootstrap = bootstrap
         self.settings = settings
         self.timeout = timeout
@@ -196,30 +197,3 @@ async def _quiet_stop(producer: Any) -> None:
     # records to whatever broker answers next (see abort_producer)
     abort_producer(producer, BrokerUnavailable("producer stopped"))
 
-
-def abort_producer(producer: Any, error: BaseException) -> None:
-    """Make an aiokafka producer send nothing more: stop its sender, fail its pending records.
-
-    Why: Tansu 0.6.0 (memory storage) acknowledges a produce for a topic it does not know,
-    which is what a client retrying across a broker restart sends, advances the partition's
-    high watermark, and from then on serves no record of that partition and fails every
-    later produce to it (seen here, see tests/stream). A pending record must fail (the
-    caller retries it with a fresh producer, which creates the topic first) rather than be
-    retried blindly into the restarted broker. Uses aiokafka 0.14 internals; harmless no-op
-    if they moved.
-    """
-    sender = getattr(producer, "_sender", None)
-    task = getattr(sender, "sender_task", None)
-    if task is not None and not task.done():
-        task.cancel()
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is None:
-        return
-    with contextlib.suppress(Exception):
-        batches = [b for queue in accumulator._batches.values() for b in queue]
-        batches += list(accumulator._pending_batches)
-        accumulator.fail_all(error)
-        for batch in batches:  # nobody may await them (batch API): no "exception never retrieved"
-            for fut in (batch.future, getattr(batch, "_drain_waiter", None)):
-                if fut is not None and fut.done() and not fut.cancelled():
-                    fut.exception()

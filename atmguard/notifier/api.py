@@ -1,15 +1,19 @@
-"""HTTP endpoints of the notifier.
+"""HTTP endpoints of the notifier: two routers that find the service through a FastAPI dependency.
 
-`create_router(service)` -> Twilio webhooks, mounted at prefix "/twilio":
+`twilio_router` -> Twilio webhooks, mounted at prefix "/twilio":
   POST /status/{notification_id}   message / call status callbacks (MessageStatus, CallStatus)
   POST /sms                        inbound SMS: "OK <CODE>" acknowledges; answered with TwiML
 Every request must carry a valid X-Twilio-Signature (HMAC-SHA1 with the auth token over the
 URL and the sorted form fields); a bad or missing one gets 403 and changes nothing.
 
-`create_ack_router(service, auth=...)` -> the acknowledgement API, mounted without prefix:
+`ack_router` -> the acknowledgement API, mounted without prefix:
   POST /v1/interventions/{id}/ack  {"by": "...", "via": "console"}
   GET  /v1/interventions/{id}/notifications
-guarded by `auth` (default: `Authorization: Bearer $ATMGUARD_NOTIFIER_API_TOKEN`).
+guarded by `require_api_token` (`Authorization: Bearer $ATMGUARD_NOTIFIER_API_TOKEN`; an app
+may swap it through `app.dependency_overrides`).
+
+`include_notifier(app, service)` mounts both and puts the service on `app.state.notifier`,
+where `get_notifier` (the `NotifierDep` of every endpoint) finds it.
 """
 
 from __future__ import annotations
@@ -17,25 +21,43 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from atmguard.notifier.masking import mask_phone
-
-if TYPE_CHECKING:
-    from atmguard.notifier.service import NotifierService
+from atmguard.notifier.service import NotifierService
+from atmguard.notifier.views import InterventionStatus
 
 log = logging.getLogger(__name__)
 API_TOKEN_ENV = "ATMGUARD_NOTIFIER_API_TOKEN"
 
 
-async def _signed_form(request: Request, validator: RequestValidator, public_url: str) -> dict[str, str]:
+def get_notifier(request: Request) -> NotifierService:
+    """The service behind this app's notifier endpoints (set by `include_notifier`)."""
+    service = getattr(request.app.state, "notifier", None)
+    if not isinstance(service, NotifierService):
+        # An assembly mistake, not a client's: fail loudly rather than answer 4xx.
+        raise RuntimeError("no NotifierService on app.state.notifier: mount the routers with include_notifier()")
+    return service
+
+
+NotifierDep = Annotated[NotifierService, Depends(get_notifier)]
+
+
+def include_notifier(app: FastAPI, service: NotifierService, *, ack_api: bool = True) -> None:
+    """Serve `service`'s Twilio webhooks at /twilio and (with `ack_api`) its acknowledgement API on `app`."""
+    app.state.notifier = service
+    app.include_router(twilio_router, prefix="/twilio")
+    if ack_api:
+        app.include_router(ack_router)
+
+
+async def _signed_form(request: Request, service: NotifierService) -> dict[str, str]:
     """The form fields of a request Twilio really sent, or 403."""
     form = await request.form()
     params = {k: str(v) for k, v in form.items()}
@@ -43,66 +65,50 @@ async def _signed_form(request: Request, validator: RequestValidator, public_url
     query = f"?{request.url.query}" if request.url.query else ""
     # Twilio signs the URL it was given (public_url + path); behind a proxy that differs from
     # what this process sees, so both are tried. Either way only the token holder can sign.
-    candidates = [f"{public_url}{request.url.path}{query}", str(request.url)]
+    candidates = [f"{service.public_url}{request.url.path}{query}", str(request.url)]
+    validator = RequestValidator(service.auth_token)
     if not signature or not any(validator.validate(url, params, signature) for url in candidates):
         log.warning("rejected a Twilio webhook to %s: bad or missing X-Twilio-Signature", request.url.path)
         raise HTTPException(status_code=403, detail="invalid X-Twilio-Signature")
     return params
 
 
-def create_router(service: NotifierService) -> APIRouter:
-    """Twilio's webhooks for this notifier (mount at prefix "/twilio")."""
-    router = APIRouter(tags=["twilio"])
-    validator = RequestValidator(service.auth_token)
-
-    @router.post("/status/{notification_id}", summary="Twilio message/call status callback")
-    async def status_callback(notification_id: int, request: Request) -> Response:
-        params = await _signed_form(request, validator, service.public_url)
-        status = params.get("MessageStatus") or params.get("CallStatus")
-        if not status:
-            raise HTTPException(status_code=400, detail="no MessageStatus or CallStatus")
-        sid = params.get("MessageSid") or params.get("CallSid")
-        known = await run_in_threadpool(
-            service.delivery.on_status,
-            notification_id,
-            sid=sid,
-            status=status,
-            error_code=params.get("ErrorCode"),
-            duration_s=params.get("CallDuration"),
-        )
-        if not known:
-            raise HTTPException(status_code=404, detail="unknown notification")
-        service.wake()  # a failure may have queued a retry or a fallback
-        return Response(status_code=204)
-
-    @router.post("/sms", summary="Inbound SMS (officers acknowledge with OK <CODE>)")
-    async def inbound_sms(request: Request) -> Response:
-        params = await _signed_form(request, validator, service.public_url)
-        result = await run_in_threadpool(service.inbound_sms, params.get("From", ""), params.get("Body", ""))
-        log.info("inbound SMS from %s: %s", mask_phone(params.get("From")), result.outcome)
-        twiml = MessagingResponse()
-        if result.outcome != "unknown_sender":
-            twiml.message(_reply_text(service, result))
-        return Response(content=str(twiml), media_type="application/xml")
-
-    return router
+twilio_router = APIRouter(tags=["twilio"])
+"""Twilio's webhooks (mount at prefix "/twilio")."""
 
 
-def _reply_text(service: NotifierService, result: Any) -> str:
-    """The TwiML reply to an officer, in the officer's language."""
-    from atmguard.notifier.messages import _env
-    from atmguard.notifier.models import NotifiedIntervention
+@twilio_router.post("/status/{notification_id}", summary="Twilio message/call status callback")
+async def status_callback(notification_id: int, request: Request, service: NotifierDep) -> Response:
+    # Checked here, not in a dependency: FastAPI solves dependencies before it validates the
+    # path, and a malformed notification id stays a 422 whatever the signature.
+    params = await _signed_form(request, service)
+    status = params.get("MessageStatus") or params.get("CallStatus")
+    if not status:
+        raise HTTPException(status_code=400, detail="no MessageStatus or CallStatus")
+    sid = params.get("MessageSid") or params.get("CallSid")
+    known = await run_in_threadpool(
+        service.delivery.on_status,
+        notification_id,
+        sid=sid,
+        status=status,
+        error_code=params.get("ErrorCode"),
+        duration_s=params.get("CallDuration"),
+    )
+    if not known:
+        raise HTTPException(status_code=404, detail="unknown notification")
+    service.wake()  # a failure may have queued a retry or a fallback
+    return Response(status_code=204)
 
-    address = ""
-    if result.intervention_id:
-        with service.db.read() as s:
-            row = s.get(NotifiedIntervention, result.intervention_id)
-        if row is not None:
-            atm = service.config.atm(row.atm_id)
-            address = atm.address if atm else row.atm_id
-    lang = result.language if result.language in ("ru", "kk", "en") else "en"
-    text = _env().get_template(f"reply.{lang}.j2").render(outcome=result.outcome, code=result.code or "", address=address)
-    return " ".join(text.split())
+
+@twilio_router.post("/sms", summary="Inbound SMS (officers acknowledge with OK <CODE>)")
+async def inbound_sms(request: Request, service: NotifierDep) -> Response:
+    params = await _signed_form(request, service)
+    result = await run_in_threadpool(service.inbound_sms, params.get("From", ""), params.get("Body", ""))
+    log.info("inbound SMS from %s: %s", mask_phone(params.get("From")), result.outcome)
+    twiml = MessagingResponse()
+    if result.outcome != "unknown_sender":
+        twiml.message(service.reply_text(result))
+    return Response(content=str(twiml), media_type="application/xml")
 
 
 class AckRequest(BaseModel):
@@ -117,32 +123,29 @@ class AckResponse(BaseModel):
 
 
 def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
-    """Default guard of the ack API: a bearer token from ATMGUARD_NOTIFIER_API_TOKEN."""
+    """Guard of the ack API: a bearer token from ATMGUARD_NOTIFIER_API_TOKEN."""
     token = os.environ.get(API_TOKEN_ENV)
     given = (authorization or "").removeprefix("Bearer ").strip()
     if not token or not given or not hmac.compare_digest(token, given):
         raise HTTPException(status_code=403, detail=f"send Authorization: Bearer ${API_TOKEN_ENV}")
 
 
-def create_ack_router(service: NotifierService, auth: Callable[..., Any] = require_api_token) -> APIRouter:
-    """Acknowledge from the console or another system; `auth` is a FastAPI dependency."""
-    from atmguard.notifier.service import InterventionStatus
+ack_router = APIRouter(tags=["notifier"], dependencies=[Depends(require_api_token)])
+"""Acknowledge from the console or another system (mount without prefix)."""
 
-    router = APIRouter(tags=["notifier"], dependencies=[Depends(auth)])
 
-    @router.post("/v1/interventions/{intervention_id}/ack", response_model=AckResponse)
-    async def ack(intervention_id: str, body: AckRequest) -> AckResponse:
-        acknowledged = await run_in_threadpool(service.acknowledge_sync, intervention_id, body.by, body.via)
-        st = await run_in_threadpool(service.status, intervention_id)
-        if st is None:
-            raise HTTPException(status_code=404, detail="unknown intervention")
-        return AckResponse(intervention_id=intervention_id, acknowledged=acknowledged, state=st.state)
+@ack_router.post("/v1/interventions/{intervention_id}/ack", response_model=AckResponse)
+async def ack(intervention_id: str, body: AckRequest, service: NotifierDep) -> AckResponse:
+    acknowledged = await run_in_threadpool(service.acknowledge_sync, intervention_id, body.by, body.via)
+    st = await run_in_threadpool(service.status, intervention_id)
+    if st is None:
+        raise HTTPException(status_code=404, detail="unknown intervention")
+    return AckResponse(intervention_id=intervention_id, acknowledged=acknowledged, state=st.state)
 
-    @router.get("/v1/interventions/{intervention_id}/notifications", response_model=InterventionStatus)
-    async def notifications(intervention_id: str) -> Any:
-        st = await run_in_threadpool(service.status, intervention_id)
-        if st is None:
-            raise HTTPException(status_code=404, detail="unknown intervention")
-        return st
 
-    return router
+@ack_router.get("/v1/interventions/{intervention_id}/notifications", response_model=InterventionStatus)
+async def notifications(intervention_id: str, service: NotifierDep) -> InterventionStatus:
+    st = await run_in_threadpool(service.status, intervention_id)
+    if st is None:
+        raise HTTPException(status_code=404, detail="unknown intervention")
+    return st

@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from atmguard.core.durations import parse_duration
 from atmguard.core.errors import ConfigError
-from atmguard.rules.schema import parse_duration
 
 Language = Literal["ru", "kk", "en"]
 LANGUAGES: tuple[str, ...] = ("ru", "kk", "en")

@@ -1,4 +1,4 @@
-"""The notifier's database handle: read sessions and serialized write transactions.
+"""The notifier's database: its migrations, read sessions and serialized write transactions.
 
 SQLite allows one writer at a time and its busy handler sleeps 1-100 ms between retries,
 so concurrent writers in one process queue on a lock here instead (PostgreSQL needs none).
@@ -9,11 +9,20 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
+from alembic import command
+from sqlalchemy.orm import Session, sessionmaker
 
-from atmguard.store.db import make_engine, make_sessionmaker
+from atmguard.store.db import alembic_config, make_engine, make_sessionmaker
+
+
+def migrate_notifier(url: str) -> None:
+    """Create or upgrade the notifier's tables (its own Alembic branch)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "notifier@head")
 
 
 class NotifierDB:
@@ -22,7 +31,7 @@ class NotifierDB:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.sessions = make_sessionmaker(self.engine)
+        self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         self._lock: Any = threading.Lock() if url.startswith("sqlite") else nullcontext()
 
     @contextmanager
@@ -36,4 +45,5 @@ class NotifierDB:
         return self.sessions()
 
     def dispose(self) -> None:
+        """Close the engine's connections (the service is stopping)."""
         self.engine.dispose()

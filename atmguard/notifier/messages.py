@@ -14,6 +14,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from twilio.twiml.voice_response import VoiceResponse
 
 from atmguard.core.contracts import BANK_EVENT_TYPES, Intervention
 from atmguard.notifier.config import LANGUAGES, Atm
@@ -144,11 +145,15 @@ def render_voice(iv: Intervention, atm: Atm | None, lang: str) -> str:
 
 def twiml(text: str, *, language: str, voice: str, repeat: int = 2) -> str:
     """TwiML that speaks `text` `repeat` times with a pause between."""
-    from twilio.twiml.voice_response import VoiceResponse
-
     response = VoiceResponse()
     for i in range(repeat):
         if i:
             response.pause(length=1)
         response.say(text, language=language, voice=voice)
     return str(response)
+
+
+def render_reply(outcome: str, *, code: str, address: str, language: str) -> str:
+    """The answer to an officer's SMS reply (taken, already taken, which code...), on one line."""
+    text = _env().get_template(f"reply.{_lang(language)}.j2").render(outcome=outcome, code=code, address=address)
+    return " ".join(text.split())

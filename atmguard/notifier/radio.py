@@ -36,6 +36,6 @@ class RadioChannel:
                 status_callback_method="POST",
                 timeout=self.ring_timeout_s,
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any SDK or transport error becomes a DeliveryError (retry or not)
             raise from_twilio(exc) from None
         return SendResult(call.sid, call.status or "queued")

@@ -26,9 +26,7 @@ def encoding(text: str) -> Encoding:
 
 def units(text: str) -> int:
     """Length in the encoding's units: GSM-7 septets (extended chars count 2) or UTF-16 code units."""
-    if encoding(text) == "GSM-7":
-        return sum(2 if c in GSM7_EXTENDED else 1 for c in text)
-    return len(text.encode("utf-16-le")) // 2
+    return _septets(text) if encoding(text) == "GSM-7" else _utf16_units(text)
 
 
 def segments(text: str) -> int:
@@ -46,11 +44,17 @@ def capacity(enc: Encoding, max_segments: int) -> int:
     return single if max_segments <= 1 else multi * max_segments
 
 
+def _septets(text: str) -> int:
+    return sum(2 if c in GSM7_EXTENDED else 1 for c in text)
+
+
+def _utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
 def trim_words(text: str, max_units: int, enc: Encoding) -> str:
     """`text` shortened to at most `max_units` at a word boundary, with an ellipsis; never mid-word."""
-    measure = (lambda s: sum(2 if c in GSM7_EXTENDED else 1 for c in s)) if enc == "GSM-7" else (
-        lambda s: len(s.encode("utf-16-le")) // 2
-    )
+    measure: Callable[[str], int] = _septets if enc == "GSM-7" else _utf16_units
     if measure(text) <= max_units:
         return text
     ellipsis = "..." if enc == "GSM-7" else "…"

@@ -7,6 +7,9 @@ bootstrap, consumes the interventions topic (group "atmguard-notifier-<broker ep
 `handle(intervention)` is idempotent by intervention id: the id is recorded with the planned
 notifications in one transaction before anything is sent, so a duplicate (redelivery after a
 rebalance, a restart, a replay) sends nothing. Shadow-mode interventions are recorded only.
+
+The service knows nothing of HTTP: its webhooks and ack API are atmguard.notifier.api, mounted
+by whoever assembles the app (`include_notifier`).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ValidationError
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,13 +32,15 @@ from twilio.rest import Client
 
 from atmguard.core.contracts import Intervention
 from atmguard.core.settings import Settings
+from atmguard.kafka.topics import EpochWatch, ensure_epoch, ensure_topics
 from atmguard.notifier.acks import parse_reply
 from atmguard.notifier.clock import Clock, SystemClock
 from atmguard.notifier.config import DeploymentConfig, Person
-from atmguard.notifier.db import NotifierDB
+from atmguard.notifier.db import NotifierDB, migrate_notifier
 from atmguard.notifier.delivery import Delivery
 from atmguard.notifier.escalation import Escalator
 from atmguard.notifier.masking import mask_phone
+from atmguard.notifier.messages import render_reply
 from atmguard.notifier.metrics import NotifierMetrics, notifier_metrics
 from atmguard.notifier.models import (
     INTERVENTIONS,
@@ -49,69 +55,14 @@ from atmguard.notifier.radio import RadioChannel
 from atmguard.notifier.routing import Planned, plan
 from atmguard.notifier.sms import SmsChannel
 from atmguard.notifier.twilio_client import make_twilio_client, twilio_credentials
+from atmguard.notifier.views import InboundResult, InterventionStatus, notification_view
 from atmguard.notifier.webhook import WebhookChannel
-from atmguard.store.db import alembic_config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONSUMER_GROUP = "atmguard-notifier"
 _INSERT_INTERVENTION = insert(INTERVENTIONS)
-
-
-class NotificationView(BaseModel):
-    """One notification as the console shows it (numbers masked)."""
-
-    id: int
-    channel: str
-    target: str
-    recipient: str
-    to: str
-    reason: str
-    state: str
-    provider_status: str | None
-    attempts: int
-    error: str | None
-    twilio_sid: str | None
-    created_at: datetime
-    sent_at: datetime | None
-    delivered_at: datetime | None
-
-
-class InterventionStatus(BaseModel):
-    """Where an intervention stands in the notifier."""
-
-    id: str
-    state: str  # shadow | open | acknowledged | undelivered
-    short_code: str
-    escalation_step: int
-    received_at: datetime
-    acked_by: str | None = None
-    acked_via: str | None = None
-    acked_at: datetime | None = None
-    pending_escalations: list[datetime] = []
-    notifications: list[NotificationView] = []
-
-
-class InboundResult(BaseModel):
-    """What an inbound SMS did: acknowledged an intervention, or why not."""
-
-    outcome: str  # acknowledged | already | unknown_code | need_code | not_an_ack | unknown_sender
-    intervention_id: str | None = None
-    person: str | None = None
-    language: str = "ru"
-    code: str | None = None
-
-
-def migrate_notifier(url: str) -> None:
-    """Create or upgrade the notifier's tables (its own Alembic branch)."""
-    from pathlib import Path
-
-    from alembic import command
-
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "notifier@head")
 
 
 class NotifierService:
@@ -165,16 +116,9 @@ class NotifierService:
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Future[None]] = set()
-        self._consumer: Any = None
+        self._consumer: AIOKafkaConsumer | None = None
         self._ready = asyncio.Event()
         self._migrated = False
-
-        from atmguard.notifier.api import create_ack_router, create_router
-
-        self.router: APIRouter = create_router(self)
-        """Twilio webhooks (status callbacks, inbound SMS): mount at prefix "/twilio"."""
-        self.api_router: APIRouter = create_ack_router(self)
-        """POST /v1/interventions/{id}/ack and GET .../notifications: mount without prefix."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -204,6 +148,7 @@ class NotifierService:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
+            # Stopping: a task's failure was logged where it happened, and must not stop the rest.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
@@ -229,7 +174,7 @@ class NotifierService:
         for fn in self._listeners:
             try:
                 fn(iv_id)
-            except Exception:
+            except Exception:  # a listener (the console) must never break a delivery
                 log.exception("notifier listener failed")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -344,7 +289,7 @@ class NotifierService:
                 await self.run_due()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # one failed pass (database away, a bug) must not stop the timers
                 log.exception("notifier timer pass failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick_s)
@@ -404,6 +349,17 @@ class NotifierService:
         short = self._short_code(target)
         return InboundResult(outcome="acknowledged" if done else "already", intervention_id=target, **{**base, "code": short})
 
+    def reply_text(self, result: InboundResult) -> str:
+        """What the notifier answers an officer's SMS, in the officer's language."""
+        address = ""
+        if result.intervention_id:
+            with self.db.read() as s:
+                row = s.get(NotifiedIntervention, result.intervention_id)
+            if row is not None:
+                atm = self.config.atm(row.atm_id)
+                address = atm.address if atm else row.atm_id
+        return render_reply(result.outcome, code=result.code or "", address=address, language=result.language)
+
     def _short_code(self, intervention_id: str) -> str | None:
         with self.db.read() as s:
             row = s.get(NotifiedIntervention, intervention_id)
@@ -460,7 +416,7 @@ class NotifierService:
                 id=row.id, state=row.state, short_code=row.short_code, escalation_step=row.escalation_step,
                 received_at=row.received_at, acked_by=ack.by if ack else None, acked_via=ack.via if ack else None,
                 acked_at=ack.at if ack else None, pending_escalations=pending,
-                notifications=[_view(n) for n in notes],
+                notifications=[notification_view(n) for n in notes],
             )
 
     # -- topic consumer ---------------------------------------------------------------------
@@ -473,8 +429,6 @@ class NotifierService:
         epoch's group, not in the one read from then on (it would skip the interventions
         published after the restart). On an epoch change the consumer is replaced.
         """
-        from atmguard.kafka.topics import EpochWatch, ensure_epoch, ensure_topics
-
         delay = 1.0
         while True:
             try:
@@ -500,25 +454,12 @@ class NotifierService:
                     await watch.close()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever stopped the consumer, reconnect
                 log.error("interventions consumer stopped (%s: %s); reconnecting in %.0f s", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
     async def _consume(self, bootstrap: str, group_id: str = CONSUMER_GROUP) -> None:
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.abc import ConsumerRebalanceListener
-
-        ready = self._ready
-
-        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: Any) -> None:
-                return None
-
-            async def on_partitions_assigned(self, assigned: Any) -> None:
-                if assigned:
-                    ready.set()
-
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=group_id,
@@ -528,7 +469,7 @@ class NotifierService:
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
         )
-        consumer.subscribe([self.settings.topic_interventions], listener=_Listener())
+        consumer.subscribe([self.settings.topic_interventions], listener=_ReadyOnAssignment(self._ready))
         await consumer.start()
         self._consumer = consumer
         try:
@@ -544,7 +485,7 @@ class NotifierService:
         finally:
             await consumer.stop()
 
-    async def _record_messages(self, records: list[Any]) -> None:
+    async def _record_messages(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Record a consumer batch (one commit), then send from the same worker thread.
 
         Returns once the batch is recorded, so the offsets can be committed; the sends go on
@@ -574,14 +515,14 @@ class NotifierService:
                 loop.call_soon_threadsafe(settle)
 
             job = loop.run_in_executor(self._executor, self._record_then_send, ivs, signal)
-            self._inflight.add(job)  # type: ignore[arg-type]
-            job.add_done_callback(self._inflight.discard)  # type: ignore[arg-type]
+            self._inflight.add(job)
+            job.add_done_callback(self._inflight.discard)
             try:
                 await recorded
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # the database may be briefly away: retry, never skip
                 log.exception("recording %d intervention(s) failed, retrying in %.1fs", len(ivs), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -589,7 +530,7 @@ class NotifierService:
     def _record_then_send(self, ivs: list[Intervention], signal: Callable[[BaseException | None], None]) -> None:
         try:
             batches = self._record_batch(ivs)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed on to the waiting coroutine, which decides
             signal(exc)
             return
         signal(None)
@@ -606,10 +547,16 @@ class NotifierService:
             pending = [follow for o in pending for follow in self.delivery.deliver(o)]
 
 
-def _view(n: Notification) -> NotificationView:
-    return NotificationView(
-        id=n.id, channel=n.channel, target=n.target, recipient=n.recipient, to=n.address_masked, reason=n.reason,
-        state=n.state, provider_status=n.provider_status, attempts=n.attempts, error=n.error, twilio_sid=n.twilio_sid,
-        created_at=n.created_at, sent_at=n.sent_at, delivered_at=n.delivered_at,
-    )
 
+class _ReadyOnAssignment(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
+    """Sets `ready` once the consumer has partitions: `wait_ready()` returns from then on."""
+
+    def __init__(self, ready: asyncio.Event) -> None:
+        self.ready = ready
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self.ready.set()

@@ -23,6 +23,6 @@ class SmsChannel:
             msg = self.client.messages.create(
                 to=out.address, from_=self.sender, body=out.body, status_callback=out.status_callback
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any SDK or transport error becomes a DeliveryError (retry or not)
             raise from_twilio(exc) from None
         return SendResult(msg.sid, msg.status or "queued")

@@ -29,7 +29,7 @@ _sdk_log = logging.getLogger("atmguard.notifier.twilio_http")
 _sdk_log.setLevel(logging.WARNING)
 
 
-class BaseUrlHttpClient(TwilioHttpClient):
+class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no type hints
     """Twilio's requests-based HTTP client, sending api.twilio.com calls to `base_url`."""
 
     def __init__(self, base_url: str | None = None, timeout: float = 10.0) -> None:
@@ -46,7 +46,7 @@ class BaseUrlHttpClient(TwilioHttpClient):
             return self.base_url + url[len(TWILIO_ORIGIN) :]
         return url
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:  # type: ignore[override]
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
         return super().request(method, self.rewrite(url), *args, **kwargs)
 
 

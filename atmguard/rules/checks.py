@@ -22,13 +22,13 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, NaiveDatetime
 
 from atmguard.core.contracts import EVENT_NAMES
+from atmguard.core.durations import parse_duration
 from atmguard.rules.schema import (
     ALIAS_RE,
     MESSAGE_NAMES,
     OPERATORS,
     REFERENCE_RE,
     event_fields,
-    parse_duration,
 )
 
 Loc = tuple[str | int, ...]

@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from atmguard.core.contracts import EVENT_NAMES, SEVERITY_ORDER
+from atmguard.core.durations import DURATION_PATTERN
 from atmguard.rules.checks import FieldKind, field_kind
 from atmguard.rules.schema import OPERATORS, event_fields
 
 SCHEMA_ID = "https://atmguard.example/schemas/rule.schema.json"
-DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)\s*$"
 REFERENCE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$"
 
 _OP_HELP = {

@@ -35,7 +35,6 @@ ever inside durable. Calls are synchronous and CPU-bound: from asyncio, call the
 
 from __future__ import annotations
 
-import gc
 import heapq
 import itertools
 import json
@@ -43,15 +42,13 @@ import logging
 import math
 import string
 import threading
-import time
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
-from math import isfinite as _isfinite
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any, Protocol
 
 import durable_rules_engine as _dre
@@ -213,8 +210,7 @@ class _Live:
     __slots__ = ("event", "ext_id", "iid", "t", "key", "shard", "slot", "name", "msg", "mkey", "hash", "_dump")
 
     def __init__(
-        self, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str,
-        iid: str = "", shard: int = -1, hash_: int = 0, msg: str = "", mkey: str = "",
+        self, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str, iid: str, shard: int, hash_: int
     ):
         self.event = event
         self.ext_id = event.id
@@ -222,11 +218,11 @@ class _Live:
         self.key = key
         self.slot = slot
         self.name = name
-        self.iid = iid
-        self.shard = shard  # -1: not in durable (no rule tests this event)
-        self.msg = msg
-        self.mkey = mkey  # which field projection `msg` was built with
+        self.iid = iid  # internal id: the durable message id, its hash free in the shard's session
+        self.shard = shard
         self.hash = hash_
+        self.msg = ""  # the durable message
+        self.mkey = ""  # which field projection `msg` was built with
         self._dump: dict[str, Any] | None = None
 
     def dump(self) -> dict[str, Any]:
@@ -338,7 +334,7 @@ class _LenientFormatter(string.Formatter):
 
     def format_field(self, value: Any, format_spec: str) -> str:
         try:
-            return super().format_field(value, format_spec)
+            return str(super().format_field(value, format_spec))
         except (ValueError, TypeError):
             return str(value)
 
@@ -445,42 +441,52 @@ class RuleEngine:
     def _posted(group: _Group) -> dict[str, str]:
         """Internal id -> sid of every fact of the group's state that its durable ruleset holds."""
         shards, pending = group.state.shards, group.pending
-        out = {x.iid: shards[x.shard].sid for x in group.state.by_iid.values() if x.shard >= 0 and x.shard not in pending}
+        out = {x.iid: shards[x.shard].sid for x in group.state.by_iid.values() if x.shard not in pending}
         for held, _lives in pending.values():
             out.update(held)
         return out
 
     # ------------------------------------------------------------------ live events
 
-    def _place(self, group: _Group, live: _Live) -> None:
-        """Give a live event an internal id (and a durable message when some rule tests it)."""
+    def _shard_index(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self._n_shards
+
+    def _new_live(
+        self, group: _Group, event: Event, t: float, key: str, slot: tuple[Any, ...] | None, name: str, shard_i: int
+    ) -> _Live:
+        """A live event with an internal id whose hash is free in its session, and its durable message."""
         state = group.state
-        state.counter += 1
-        if live.name not in group.compiled.events:
-            live.iid, live.shard, live.msg = "n" + format(state.counter, "x"), -1, ""
-            return
-        shard_i = state.shard_of.get(live.key)
-        if shard_i is None:
-            shard_i = state.shard_of[live.key] = zlib.crc32(live.key.encode()) % self._n_shards
         hashes = state.shards[shard_i].hashes
+        counter = state.counter + 1
         while True:
-            h = _hex_id_hash(state, state.counter)
+            h = _hex_id_hash(state, counter)
             if h not in hashes:
                 break
-            state.counter += 1  # this id's hash is taken in the session: durable would reject it
+            counter += 1  # this id's hash is taken in the session: durable would reject it
+        state.counter = counter
         hashes.add(h)
-        iid = format(state.counter, "x")
-        live.iid, live.shard, live.hash = iid, shard_i, h
+        iid = format(counter, "x")
+        live = _Live(event, t, key, slot, name, iid, shard_i, h)
         live.msg, live.mkey = self._message(group, live), group.fields_key
+        state.by_iid[iid] = live
+        return live
 
-    def _message(self, group: _Group, live: _Live) -> str:
+    @staticmethod
+    def _message(group: _Group, live: _Live) -> str:
+        """The durable message of a live event: its ids, name, key and time, then the fields the rules test."""
+        route = group.route.get(live.name)
+        if route is None:  # an event kept from before a reload that no rule of the group tests any more
+            route = (group.fields.get(live.name, ()), '","_e":"' + live.name + '","_k":')
+        fields, mid = route
         iid = live.iid
-        parts = ['{"sid":"', group.state.shards[live.shard].sid, '","id":"', iid, '","_i":"', iid, '","_e":"', live.name,
-                 '","_k":', _json_str(live.key), ',"_t":', repr(live.t)]
+        head = f'{group.heads[live.shard]}{iid}","_i":"{iid}{mid}{_json_str(live.key)},"_t":{live.t!r}'
+        if not fields:
+            return head + "}"
         ev = live.event
         values = ev.__dict__
         extra = ev.__pydantic_extra__
-        for fname, prefix in group.fields.get(live.name, ()):
+        parts = [head]
+        for fname, prefix in fields:
             value = values.get(fname)
             if value is None and extra:
                 value = extra.get(fname)
@@ -490,9 +496,8 @@ class RuleEngine:
         parts.append("}")
         return "".join(parts)
 
-    def _add(self, group: _Group, kstate: _Key, live: _Live) -> None:
-        state = group.state
-        state.by_iid[live.iid] = live
+    def _add(self, state: _State, kstate: _Key, live: _Live) -> None:
+        """Keep a live event in its key's state and in the expiry order."""
         kstate.live[live.iid] = live
         if live.slot is not None:
             kstate.slots[live.slot] = live.iid
@@ -508,8 +513,6 @@ class RuleEngine:
     def _unplace(self, group: _Group, live: _Live, *, retract: bool) -> None:
         state = group.state
         state.by_iid.pop(live.iid, None)
-        if live.shard < 0:
-            return
         if retract:
             sid = state.shards[live.shard].sid
             # firings a retraction re-enables (a `none:` pattern unblocked) stay queued in the session and
@@ -533,9 +536,8 @@ class RuleEngine:
     def feed(self, event: Event) -> list[Intervention]:
         """Add one event; the interventions it completes (a duplicate id gives nothing)."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this RuleEngine is closed")
-            out = self._commit(event)
+            self._check_open()
+            out = self._process(event, commit=True)
             self._fed += 1
             if self._auto_sweep_every and self._fed % self._auto_sweep_every == 0:
                 self._sweep_before(self._max_t - self._compiled.horizon - self._lateness, self._max_t)
@@ -547,124 +549,27 @@ class RuleEngine:
             self._check_open()
             return self._process(event, commit=False)
 
-    def _commit(self, event: Event) -> list[Intervention]:
-        """feed's path: `_process(event, commit=True)` with the per-event work inlined (the hot path)."""
+    def _process(self, event: Event, *, commit: bool) -> list[Intervention]:
+        """feed (commit) and peek (commit off: the event is asserted, its firings read, then retracted)."""
         t = event.ts.timestamp()
-        if t > self._max_t:
+        if commit and t > self._max_t:
             self._max_t = t
         values = event.__dict__
         extra = event.__pydantic_extra__
-        kind = event.type
-        is_fact = kind == "behavior"
-        name = event.behavior if is_fact else kind  # type: ignore[union-attr]
+        name = event.behavior if event.type == "behavior" else event.type
+        slot = _slot_of(event)
         candidates: list[_Candidate] | None = None
         for group in self._groups.values():
-            route = group.route.get(name)
-            if route is None:
+            if name not in group.route:
                 continue  # no rule tests this event: nothing to keep (a reload adding one starts afresh)
             by = group.compiled.by
+            # pydantic keeps fields in __dict__ and extras apart (see _field_value; this is the hot path)
             raw = values.get(by)
             if raw is None and extra:
                 raw = extra.get(by)
             if raw is None:
                 continue  # this rule set correlates by a field the event does not carry
-            key = raw if type(raw) is str else str(raw)
-            state = group.state
-            kstate = state.keys.get(key)
-            ext_id = event.id
-            # behaviour slot, as _slot_of gives it
-            slot = (values["atm_id"], values["camera_id"], values["track_id"], name) if is_fact else None
-            old: _Live | None = None
-            if kstate is not None:
-                if ext_id in kstate.seen:
-                    continue  # duplicate id: already taken into account
-                if slot is not None:
-                    old_iid = kstate.slots.get(slot)
-                    if old_iid is not None:
-                        old = kstate.live[old_iid]
-                        slot = old.slot  # the equal tuple already kept: one object fewer per update
-                        if old.t > t:
-                            # an older update arriving late: the newer one already stands for the behaviour
-                            kstate.seen[ext_id] = t
-                            self._seq += 1
-                            heapq.heappush(state.heap, (t, self._seq, key, ""))
-                            continue
-            shard_i = state.shard_of.get(key)
-            if shard_i is None:
-                shard_i = state.shard_of[key] = zlib.crc32(key.encode()) % self._n_shards
-            if group.pending and shard_i in group.pending:
-                self._sync(group, shard_i)
-            if kstate is None:
-                kstate = state.keys[key] = _Key()
-            kstate.seen[ext_id] = t
-            if old is not None:
-                self._remove(group, kstate, old)  # a newer update supersedes the older one
-            # internal id whose hash is free in the session (see _place)
-            hashes = state.shards[shard_i].hashes
-            counter = state.counter + 1
-            while True:
-                prefix = counter >> 4
-                if prefix != state.fnv_prefix:
-                    state.fnv_prefix = prefix
-                    state.fnv_prefix_hash = fnv1a32(format(prefix, "x")) if prefix else _FNV_OFFSET
-                h = ((state.fnv_prefix_hash ^ _HEX_BYTES[counter & 15]) * _FNV_PRIME) & 0xFFFFFFFF
-                if h not in hashes:
-                    break
-                counter += 1
-            state.counter = counter
-            hashes.add(h)
-            iid = format(counter, "x")
-            # the durable message (same text as _message builds)
-            fields, mid = route
-            head = f'{group.heads[shard_i]}{iid}","_i":"{iid}{mid}{_json_str(key)},"_t":{t!r}'
-            if fields:
-                parts = [head]
-                for fname, fprefix in fields:
-                    value = values.get(fname)
-                    if value is None and extra:
-                        value = extra.get(fname)
-                    if value is not None:
-                        parts.append(fprefix)
-                        vkind = type(value)
-                        if vkind is float:
-                            parts.append(repr(value) if _isfinite(value) else "null")
-                        elif vkind is str:
-                            parts.append(_json_str(value))
-                        else:
-                            parts.append(_json_text(value))
-                parts.append("}")
-                msg = "".join(parts)
-            else:
-                msg = head + "}"
-            live = _Live(event, t, key, slot, name, iid, shard_i, h, msg, group.fields_key)
-            state.by_iid[iid] = live
-            kstate.live[iid] = live
-            if slot is not None:
-                kstate.slots[slot] = iid
-            if t >= state.queue_t:
-                state.queue_t = t
-                state.queue_ts.append(t)
-                state.queue_key.append(key)
-                state.queue_iid.append(iid)
-            else:
-                self._seq += 1
-                heapq.heappush(state.heap, (t, self._seq, key, iid))
-            # assert it and drain the firings (see _assert)
-            handle = group.handle
-            try:
-                code, sstate = _dre.assert_fact(handle, msg)
-                if code == _OBSERVED:  # cannot happen with checked ids; never lose an event silently
-                    raise RuntimeError(f"durable rejected internal id {iid} as already observed")
-                res = _dre.start_action_for_state(handle, sstate)
-                if not res:
-                    continue
-                fired = [res[1]]
-                while more := _dre.complete_and_start_action(handle, sstate):
-                    fired.append(more)
-            except Exception:
-                self._assert_failed(group, live)
-                continue
-            found = self._candidates(group, fired, iid, key)
+            found = self._process_group(group, event, name, raw if type(raw) is str else str(raw), t, slot, commit)
             if found:
                 if candidates is None:
                     candidates = found
@@ -672,77 +577,52 @@ class RuleEngine:
                     candidates.extend(found)
         if not candidates:
             return []
-        return self._interventions(event, t, candidates, True)
-
-    def _process(self, event: Event, *, commit: bool) -> list[Intervention]:
-        t = event.ts.timestamp()
-        if commit and t > self._max_t:
-            self._max_t = t
-        name = event.behavior if event.type == "behavior" else event.type  # type: ignore[union-attr]
-        candidates: list[_Candidate] = []
-        for group in self._groups.values():
-            raw = event.__dict__.get(group.compiled.by)
-            if raw is None and event.__pydantic_extra__:
-                raw = event.__pydantic_extra__.get(group.compiled.by)
-            if raw is None:
-                continue  # this rule set correlates by a field the event does not carry
-            found = self._process_group(group, event, name, str(raw), t, commit)
-            if found:
-                candidates.extend(found)
-        if not candidates:
-            return []
         return self._interventions(event, t, candidates, commit)
 
     def _process_group(
-        self, group: _Group, event: Event, name: str, key: str, t: float, commit: bool
-    ) -> list[_Candidate]:
-        if name not in group.compiled.events:
-            return []  # no rule tests this event: nothing to keep (a reload adding one starts afresh)
+        self, group: _Group, event: Event, name: str, key: str, t: float, slot: tuple[Any, ...] | None, commit: bool
+    ) -> list[_Candidate] | None:
         state = group.state
         kstate = state.keys.get(key)
-        if kstate is not None and event.id in kstate.seen:
-            return []  # duplicate id: already taken into account
-        slot = _slot_of(event)
         old: _Live | None = None
-        if kstate is not None and slot is not None:
-            old_iid = kstate.slots.get(slot)
-            if old_iid is not None:
-                old = kstate.live[old_iid]
-                if old.t > t:
-                    # an older update arriving late: the newer one already stands for the behaviour
-                    if commit:
-                        kstate.seen[event.id] = t
-                        self._seq += 1
-                        heapq.heappush(state.heap, (t, self._seq, key, ""))
-                    return []
-        if group.pending:
-            shard_i = state.shard_of.get(key)
-            if shard_i is None:
-                shard_i = zlib.crc32(key.encode()) % self._n_shards
-            if shard_i in group.pending:
-                self._sync(group, shard_i)
-        if not commit:
-            known_key = key in state.shard_of
-            live = _Live(event, t, key, slot, name)
-            self._place(group, live)
-            state.by_iid[live.iid] = live
-            try:
-                fired = self._assert(group, live)
-                return self._candidates(group, fired, live.iid, key)
-            finally:
-                self._unplace(group, live, retract=True)
-                if not known_key:
-                    state.shard_of.pop(key, None)
-        if kstate is None:
-            kstate = state.keys[key] = _Key()
-        kstate.seen[event.id] = t
-        if old is not None:
-            self._remove(group, kstate, old)  # a newer update supersedes the older one
-        live = _Live(event, t, key, slot, name)
-        self._place(group, live)
-        self._add(group, kstate, live)
-        fired = self._assert(group, live)
-        return self._candidates(group, fired, live.iid, key) if fired else []
+        if kstate is not None:
+            if event.id in kstate.seen:
+                return None  # duplicate id: already taken into account
+            if slot is not None:
+                old_iid = kstate.slots.get(slot)
+                if old_iid is not None:
+                    old = kstate.live[old_iid]
+                    slot = old.slot  # the equal tuple already kept: one object fewer per update
+                    if old.t > t:
+                        # an older update arriving late: the newer one already stands for the behaviour
+                        if commit:
+                            kstate.seen[event.id] = t
+                            self._seq += 1
+                            heapq.heappush(state.heap, (t, self._seq, key, ""))
+                        return None
+        shard_i = state.shard_of.get(key)
+        if shard_i is None:
+            shard_i = self._shard_index(key)
+            if commit:
+                state.shard_of[key] = shard_i  # crc32 once per key
+        if group.pending and shard_i in group.pending:
+            self._sync(group, shard_i)
+        if commit:
+            if kstate is None:
+                kstate = state.keys[key] = _Key()
+            kstate.seen[event.id] = t
+            if old is not None:
+                self._remove(group, kstate, old)  # a newer update supersedes the older one
+        live = self._new_live(group, event, t, key, slot, name, shard_i)
+        if commit:
+            assert kstate is not None
+            self._add(state, kstate, live)
+        try:
+            fired = self._assert(group, live)
+            return self._candidates(group, fired, live.iid, key) if fired else None
+        finally:
+            if not commit:
+                self._unplace(group, live, retract=True)  # peek: the session and state are as they were
 
     def _assert(self, group: _Group, live: _Live) -> list[str]:
         try:
@@ -878,10 +758,9 @@ class RuleEngine:
                 if live.slot is not None and kstate.slots.get(live.slot) == iid:
                     del kstate.slots[live.slot]
                 by_iid_pop(iid, None)
-                if live.shard >= 0:
-                    shard = shards[live.shard]
-                    shard.hashes.discard(live.hash)
-                    retract[iid] = shard.sid
+                shard = shards[live.shard]
+                shard.hashes.discard(live.hash)
+                retract[iid] = shard.sid
             if retract:
                 self._retract_ids(group.handle, retract)
             for key in touched:
@@ -987,11 +866,13 @@ class RuleEngine:
                         self._drop_new(group, kstate, new.pop(old_iid))
                     else:
                         self._remove(group, kstate, old)
-                live = _Live(event, t, key, slot, _event_name(event))
-                self._place(group, live)
-                self._add(group, kstate, live)
+                shard_i = state.shard_of.get(key)
+                if shard_i is None:
+                    shard_i = state.shard_of[key] = self._shard_index(key)
+                live = self._new_live(group, event, t, key, slot, _event_name(event), shard_i)
+                self._add(state, kstate, live)
                 new[live.iid] = live
-        self._assert_all(group, [x for x in new.values() if x.shard >= 0])
+        self._assert_all(group, new.values())
 
     def _drop_new(self, group: _Group, kstate: _Key, live: _Live) -> None:
         """Forget a live event placed in this bulk but not yet asserted."""
@@ -1100,19 +981,9 @@ class RuleEngine:
         reused) happens per shard on its first use after the reload, or in sweep(): the reload
         itself stays well under a second with 10,000 ATMs of state.
         """
-        state = group.state
-        by_iid = state.by_iid
-        for live in list(by_iid.values()):
-            if live.shard < 0 and live.name in group.compiled.events:
-                kstate = state.keys[live.key]
-                kstate.live.pop(live.iid, None)
-                by_iid.pop(live.iid, None)
-                self._place(group, live)
-                self._add(group, kstate, live)
         lives: dict[int, list[_Live]] = {}
-        for live in by_iid.values():
-            if live.shard >= 0:
-                lives.setdefault(live.shard, []).append(live)
+        for live in group.state.by_iid.values():
+            lives.setdefault(live.shard, []).append(live)
         helds: dict[int, dict[str, str]] = {}
         for iid, sid in held.items():
             helds.setdefault(int(sid), {})[iid] = sid
@@ -1154,55 +1025,4 @@ class RuleEngine:
         self.close()
 
 
-# --------------------------------------------------------------------------- benchmark baselines
-# (here because this is the only module allowed to import durable)
-
-
-def baseline_durable_host(
-    definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]
-) -> tuple[float, float, int]:
-    """Benchmark baseline: durable's own Host API, same rulesets, no-op actions (wall s, CPU s, firings)."""
-    import contextlib
-    import copy
-
-    from durable import engine as dengine
-
-    class _Host(dengine.Host):  # type: ignore[misc]
-        def _run(self) -> None:  # no background timer threads; we post from this thread
-            return None
-
-    fired = [0]
-
-    def action(c: Any) -> None:
-        fired[0] += 1
-
-    host = _Host()
-    names = {}
-    for by, definition in definitions.items():
-        d = copy.deepcopy(definition)
-        for r in d.values():
-            r["run"] = action
-        names[by] = f"baseline-{by}-{time.monotonic_ns()}"
-        host.set_rulesets({names[by]: d})
-    gc.collect()
-    t, c = time.perf_counter(), time.process_time()
-    for by, m in msgs:
-        with contextlib.suppress(dengine.MessageNotHandledException):
-            host.assert_fact(names[by], m)
-    return time.perf_counter() - t, time.process_time() - c, fired[0]
-
-
-def baseline_durable_c(definitions: dict[str, Any], msgs: list[tuple[str, dict[str, Any]]]) -> tuple[float, float]:
-    """Benchmark floor: bare C-level assert_fact + action drain of pre-encoded messages (wall s, CPU s)."""
-    handles = {by: _dre.create_ruleset(f"cfloor-{by}-{time.monotonic_ns()}", json.dumps(d)) for by, d in definitions.items()}
-    texts = [(handles[by], json.dumps(m)) for by, m in msgs]
-    t, c = time.perf_counter(), time.process_time()
-    for h, text in texts:
-        _code, state = _dre.assert_fact(h, text)
-        if _dre.start_action_for_state(h, state):
-            while _dre.complete_and_start_action(h, state):
-                pass
-    return time.perf_counter() - t, time.process_time() - c
-
-
-__all__ = ["KeyState", "RuleEngine", "baseline_durable_c", "baseline_durable_host", "fnv1a32"]
+__all__ = ["KeyState", "RuleEngine", "fnv1a32"]

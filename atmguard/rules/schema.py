@@ -13,30 +13,14 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from atmguard.core.contracts import BANK_EVENT_TYPES, BEHAVIORS, EVENT_NAMES, Actions, BankEvent, BehaviorFact
+from atmguard.core.durations import parse_duration
 
 OPERATORS: tuple[str, ...] = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "matches")
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 ALIAS_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MESSAGE_NAMES: tuple[str, ...] = ("rule", "version", "severity", "mode", "key", "atm_id", "ts")
 """Names a message may use besides the patterns' names; no alias may take them."""
 REFERENCE_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def parse_duration(value: Any) -> float:
-    """`90s`, `5m`, `1h`, `2d`, `500ms` (or a bare number of seconds) -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration; write it like 90s, 5m or 1h")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"{value!r} is not a duration; write it like 90s, 5m or 1h")
 
 
 def event_fields(event: str) -> dict[str, Any]:
@@ -165,5 +149,4 @@ __all__ = [
     "Rule",
     "When",
     "event_fields",
-    "parse_duration",
 ]

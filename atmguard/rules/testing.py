@@ -33,11 +33,11 @@ from atmguard.core.contracts import (
     Intervention,
     parse_event,
 )
+from atmguard.core.durations import parse_duration
 from atmguard.core.errors import EventError, RuleError, RuleSetError
 from atmguard.rules.checks import did_you_mean
 from atmguard.rules.loader import RULE_SUFFIXES, TEST_SUFFIXES, is_test_content, is_test_file
 from atmguard.rules.ruleset import RuleSet, load_rules
-from atmguard.rules.schema import parse_duration
 
 CASE_KEYS = ("name", "start", "defaults", "events", "expect")
 EXPECT_KEYS = ("rule", "atm_id", "count", "mode", "message_contains")
@@ -129,7 +129,8 @@ def _event(raw: dict[str, Any], defaults: dict[str, Any], start: datetime | None
     else:
         data.setdefault("bank_id", "bank-1")
         data.setdefault("status", "completed")
-    return parse_event(data)
+    event: Event = parse_event(data)  # typed here: parse_event's own return is not annotated
+    return event
 
 
 def load_cases(path: Path, ruleset: RuleSet | None) -> tuple[list[Case], list[RuleError]]:

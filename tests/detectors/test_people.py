@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from atmguard.detectors import landmarks as L
+from atmguard.detectors import geometry as G
 from atmguard.detectors.config import CameraConfig
 from atmguard.detectors.landmarks import LandmarkModels
 from atmguard.detectors.people import PersonSelector, body_size, dedupe, torso_centre
@@ -69,9 +69,9 @@ def test_the_person_followed_is_the_one_in_the_zone(name: str) -> None:
                 assert all((x < o) == (side == "left") for o in others), (name, side, x, others)
             # the face (yaw, gaze) is that person's face, not the neighbour's
             if lm.face is not None:
-                tip = lm.face[L.FM_NOSE_TIP]
-                mine = float(np.hypot(*(lm.pose[L.NOSE, :2] - tip)))
-                assert all(mine <= float(np.hypot(*(p[L.NOSE, :2] - tip))) for p in lm.people), (name, side)
+                tip = lm.face[G.FM_NOSE_TIP]
+                mine = float(np.hypot(*(lm.pose[G.NOSE, :2] - tip)))
+                assert all(mine <= float(np.hypot(*(p[G.NOSE, :2] - tip))) for p in lm.people), (name, side)
         assert on_side / len(followed) >= 0.9, (name, side, on_side, len(followed))
         # both people were in view together in many frames: the choice was real
         assert sum(len(r.landmarks.people) >= 2 for r in followed if r.landmarks) >= 5
@@ -181,9 +181,9 @@ def test_a_whole_frame_face_of_the_neighbour_is_not_taken() -> None:
     assert len(both) >= 5
     for lm in both:
         assert lm.pose is not None
-        tip = lm.face[L.FM_NOSE_TIP]
-        mine = float(np.hypot(*(lm.pose[L.NOSE, :2] - tip)))
-        assert all(mine <= float(np.hypot(*(p[L.NOSE, :2] - tip))) for p in lm.people)
+        tip = lm.face[G.FM_NOSE_TIP]
+        mine = float(np.hypot(*(lm.pose[G.NOSE, :2] - tip)))
+        assert all(mine <= float(np.hypot(*(p[G.NOSE, :2] - tip))) for p in lm.people)
     assert any(lm.face_from_crop for lm in both)  # the whole-frame face was someone else's at least once
 
 

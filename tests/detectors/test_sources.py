@@ -53,7 +53,7 @@ def mjpeg_camera() -> Iterator[tuple[str, dict[str, int]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's name
             served["connections"] += 1
             self.send_response(200)
             self.send_header("Content-Type", "multipart/x-mixed-replace;boundary=frame")

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import Thresholds
-from atmguard.detectors.landmarks import Landmarks
+from atmguard.detectors.geometry import Landmarks
 from atmguard.detectors.recording import load
 from atmguard.detectors.signals import compute
 from atmguard.detectors.temporal import BehaviourTracker

@@ -26,7 +26,6 @@ from tests.streamkit import (
     fact,
     publish,
     read_interventions,
-    run,
     settings_for,
     transfer,
     wait_until,
@@ -177,40 +176,3 @@ async def test_up_restarts_a_crashed_broker_and_interventions_reach_the_officers
         assert ivs[0].id in _sent_ids(sink)
     finally:
         await stop_stack(stack, data)
-
-
-def test_an_input_partition_with_nothing_committed_is_read_again_from_its_beginning(broker: EmbeddedBroker) -> None:
-    """After table recovery Faust seeks to the committed offsets; where nothing was committed yet,
-    records already taken from the consumer (and dropped by Faust meanwhile) must come again."""
-    from types import SimpleNamespace
-
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    from atmguard.engine.faust_app import _LowLatencyConsumerThread
-
-    async def go() -> tuple[int, int]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await producer.start()
-        for topic in ("seek.input", "seek.other"):
-            for i in range(2):
-                await producer.send_and_wait(topic, str(i).encode(), partition=0)
-        await producer.stop()
-        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="seek-test", enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=20)
-        await consumer.start()
-        inp, other = TopicPartition("seek.input", 0), TopicPartition("seek.other", 0)
-        consumer.assign([inp, other])
-        try:
-            got = 0
-            while got < 4:  # both records of both partitions taken, nothing committed
-                got += sum(len(r) for r in (await consumer.getmany(timeout_ms=500)).values())
-            thread = SimpleNamespace(_ensure_consumer=lambda: consumer,
-                                     app=SimpleNamespace(conf=SimpleNamespace(atmguard_input_topics={"seek.input"})))
-            await _LowLatencyConsumerThread._seek_to_committed_or_beginning(thread)  # type: ignore[arg-type]
-            return await consumer.position(inp), await consumer.position(other)
-        finally:
-            await consumer.stop()
-
-    input_position, other_position = run(go())
-    assert input_position == 0  # read again: the engine's inputs
-    assert other_position == 2  # anything else (changelogs) is left where it is

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from atmguard.core.settings import Settings
 from atmguard.gateway.api.app import _notifier_changed, create_app
 from atmguard.gateway.users import add_user
+from atmguard.notifier.api import API_TOKEN_ENV
+from atmguard.notifier.config import load_deployment
 from atmguard.notifier.models import Acknowledgement, Notification, NotifiedIntervention
+from atmguard.notifier.service import NotifierService
 from tests.gateway.conftest import RecordingPublisher
 from tests.gateway.test_console import csrf_of, login
 from tests.gateway.test_store import intervention
@@ -67,6 +72,29 @@ async def test_console_ack_stops_the_notifiers_escalation(settings: Settings) ->
         r = await client.post("/console/api/cases/iv-0002/ack", json={}, headers={"X-CSRF-Token": token})
     assert r.status_code == 200
     assert notifier.calls == [("iv-0002", "dina", "console")]
+
+
+async def test_a_real_notifier_gets_its_webhooks_and_ack_api_served_by_the_gateway(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(API_TOKEN_ENV, "s3cret-token")
+    twilio_settings = settings.model_copy(update={"twilio_base_url": "http://127.0.0.1:9"})
+    service = NotifierService(twilio_settings, load_deployment(settings.config_dir), f"sqlite:///{tmp_path / 'n.db'}", tick_s=None)
+    service.open()
+    try:
+        app = create_app(settings, publisher=RecordingPublisher(), notifier=service)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            unsigned = await client.post("/twilio/sms", data={"From": "+77015550101", "Body": "OK K7QX"})
+            ack = await client.post("/v1/interventions/iv-nope/ack", json={"by": "x"}, headers={"Authorization": "Bearer s3cret-token"})
+        # The gateway's own error shape, and a notifier that really looked the intervention up.
+        assert unsigned.status_code == 403 and unsigned.json() == {"error": "invalid X-Twilio-Signature", "field": None}
+        assert ack.status_code == 404 and ack.json()["error"] == "unknown intervention"
+    finally:
+        await service.stop()
+    # A stand-in that only acknowledges (as in the console tests) gets no notifier endpoints.
+    bare = create_app(settings, publisher=RecordingPublisher(), notifier=AckRecorder())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=bare), base_url="http://gw") as client:
+        assert (await client.post("/twilio/sms", data={})).status_code == 404
 
 
 async def test_snapshots_are_served_to_logged_in_users_only_and_never_outside_their_folder(settings: Settings) -> None:

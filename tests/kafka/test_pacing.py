@@ -1,4 +1,4 @@
-"""Fetch pacing (atmguard/kafka/pacing.py): a paced consumer still gets every record, and after
+"""Fetch pacing (atmguard/kafka/pacing.py, installed by compat.pace_fetches): a paced consumer still gets every record, and after
 a fetch that brought records it waits `ratio` x that fetch's time before asking again."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from atmguard.kafka.broker import EmbeddedBroker
-from atmguard.kafka.pacing import pace_fetches
+from atmguard.kafka.compat import pace_fetches
 from tests.streamkit import run
 
 

@@ -21,9 +21,12 @@ from fastapi import FastAPI
 from atmguard.apps.twilio_sink import TwilioSink
 from atmguard.core.contracts import Actions, Intervention, MatchedEvent, intervention_id
 from atmguard.core.settings import Settings
+from atmguard.notifier.api import include_notifier
 from atmguard.notifier.clock import ManualClock
 from atmguard.notifier.config import DeploymentConfig, load_deployment, parse_deployment
-from atmguard.notifier.service import InterventionStatus, NotifierService
+from atmguard.notifier.db import migrate_notifier
+from atmguard.notifier.service import NotifierService
+from atmguard.notifier.views import InterventionStatus
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -124,8 +127,6 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated SQLite file; each test gets a copy (a migration costs ~0.5 s)."""
-    from atmguard.notifier.service import migrate_notifier
-
     path = tmp_path_factory.mktemp("template") / "notifier.db"
     migrate_notifier(f"sqlite:///{path}")
     return path
@@ -172,8 +173,7 @@ class Harness:
         await self.service.start()
         if self.serve:
             app = FastAPI()
-            app.include_router(self.service.router, prefix="/twilio")
-            app.include_router(self.service.api_router)
+            include_notifier(app, self.service)
             self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"))
             self._thread = threading.Thread(target=self._server.run, daemon=True)
             self._thread.start()

@@ -8,7 +8,7 @@ from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
 from atmguard.apps.cli import app
-from atmguard.notifier.service import migrate_notifier
+from atmguard.notifier.db import migrate_notifier
 
 from .conftest import CONFIGS
 

@@ -164,7 +164,7 @@ class Cad:
         cad = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 cad.received.append((dict(self.headers.items()), body))
                 self.send_response(cad.answers.pop(0) if cad.answers else 200)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import re
+import subprocess
+import sys
 import threading
 import zlib
 from datetime import timedelta
@@ -14,7 +17,7 @@ import pytest
 
 from atmguard.core.errors import RuleError
 from atmguard.rules.compiler import CompiledGroup
-from atmguard.rules.runtime import RuleEngine, _Live, fnv1a32
+from atmguard.rules.runtime import RuleEngine, fnv1a32
 from atmguard.rules.schema import Rule
 from tests.rules.test_runtime import COACHED, SECOND, T0, Pack, engine, fact, fired, rule, transfer
 
@@ -60,11 +63,11 @@ def test_colliding_event_ids_are_both_kept() -> None:
 def test_internal_ids_skip_hashes_already_live() -> None:
     eng = engine(SECOND)
     group = next(iter(eng._groups.values()))
-    live = _Live(transfer(0, 1), 0.0, "ATM-1", None, "transfer")
-    shard = group.state.shards[zlib.crc32(b"ATM-1") % 128]
+    shard_i = zlib.crc32(b"ATM-1") % 128
+    shard = group.state.shards[shard_i]
     nxt = format(group.state.counter + 1, "x")
     shard.hashes.add(fnv1a32(nxt))  # pretend a live message of this session already hashes like the next id
-    eng._place(group, live)
+    live = eng._new_live(group, transfer(0, 1), 0.0, "ATM-1", None, "transfer", shard_i)
     assert live.iid != nxt and fnv1a32(live.iid) in shard.hashes and len(shard.hashes) == 3
 
 
@@ -183,11 +186,32 @@ def test_feed_sweeps_by_itself() -> None:
     assert 5 <= len(eng.export_state("ATM-1").events) <= 8
 
 
+def _durable_modules_after(code: str) -> list[str]:
+    """The durable modules loaded once `code` has run in a fresh interpreter."""
+    probe = code + "\nimport sys\nprint(sorted(m for m in sys.modules if m.split('.')[0] in DURABLE))"
+    out = subprocess.run([sys.executable, "-c", f"DURABLE = {DURABLE!r}\n{probe}"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    return list(ast.literal_eval(out.stdout.strip().splitlines()[-1]))
+
+
+DURABLE = ("durable", "durable_rules_engine")
+
+
+def test_checking_and_loading_rules_does_not_load_durable() -> None:
+    """Only running rules needs durable's C engine: not the rule language, nor a notifier config."""
+    modules = ["atmguard.rules", "atmguard.rules.schema", "atmguard.rules.loader", "atmguard.rules.checks",
+               "atmguard.rules.compiler", "atmguard.rules.ruleset", "atmguard.notifier.config"]
+    assert _durable_modules_after("\n".join(f"import {m}" for m in modules)) == []
+    # the same probe sees durable once the engine is asked for through the package
+    got = _durable_modules_after("from atmguard.rules import RuleEngine\nassert RuleEngine.__module__ == 'atmguard.rules.runtime'")
+    assert "durable_rules_engine" in got
+
+
 def test_only_runtime_imports_durable() -> None:
     root = Path(__file__).resolve().parents[2] / "atmguard"
     offenders = [
         str(p.relative_to(root)) for p in root.rglob("*.py")
-        if re.search(r"^\s*(import|from)\s+durable", p.read_text(encoding="utf-8"), re.M)
+        if re.search(r"^\s*(import|from)\s+durable|import_module\(\s*[\'\"]durable", p.read_text(encoding="utf-8"), re.M)
     ]
     assert offenders == ["rules/runtime.py"]
 

@@ -15,17 +15,15 @@ from datetime import datetime
 from pathlib import Path
 
 from atmguard.core.contracts import BehaviorFact, parse_event
+from atmguard.core.settings import Settings
 
 DEMO_CLIP = "a_suzie_landline_phone_at_ear.mp4"
-REPO = Path(__file__).resolve().parents[3]
 
 
 def footage_dir() -> Path | None:
-    """The real footage folder: $ATMGUARD_FOOTAGE, ../shared/footage beside the checkout, /work/shared/footage."""
-    for candidate in (os.environ.get("ATMGUARD_FOOTAGE"), REPO.parent / "shared" / "footage", "/work/shared/footage"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
+    """The real footage folder from the settings (ATMGUARD_FOOTAGE), or None when it is not there."""
+    folder = Settings().footage
+    return folder if folder.is_dir() else None
 
 
 @dataclass

@@ -38,6 +38,8 @@ from atmguard.gateway.ratelimit import RateLimiter
 from atmguard.gateway.receipts import ReceiptWriter, recent_receipts
 from atmguard.gateway.secrets import bank_master_secret, session_secret
 from atmguard.gateway.webhooks import BankWebhooks
+from atmguard.notifier.api import include_notifier
+from atmguard.notifier.service import NotifierService
 from atmguard.store.db import make_engine, make_sessionmaker, migrate
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,8 @@ def create_app(
 
     publisher: EventPublisher (started by the caller); `publish(event)` returns after the broker ack.
     advisor:   hold advisor; default: one with a RuleEngine over `settings.rules_dir`.
-    notifier:  NotifierService: console acks call its `acknowledge`; its `router` is mounted at /twilio.
+    notifier:  NotifierService: console acks call its `acknowledge`; its webhooks are served at /twilio
+               and its ack API at /v1/interventions (atmguard.notifier.api).
     bootstrap: broker `host:port`; when given, the app follows the facts, bank and interventions
                topics (advisor state, case recorder, bank webhooks).
     """
@@ -102,11 +105,14 @@ def create_app(
     since = datetime.now(UTC) - timedelta(seconds=cfg.receipts_memory_s)
     state.receipts.update(recent_receipts(sessions, since, state.receipts_max))
     follower = TopicFollower(bootstrap, settings, recorder, bank_every_s=cfg.bank_follow_s) if bootstrap else None
+    watcher = advisor.watcher if follower is not None else None  # the advisor's rules reload beside the follower
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if follower is not None:
             await follower.start()
+        if watcher is not None:
+            await watcher.start()
         add_listener = getattr(notifier, "add_listener", None)
         if add_listener is not None:
             loop = asyncio.get_running_loop()
@@ -115,6 +121,8 @@ def create_app(
         try:
             yield
         finally:
+            if watcher is not None:
+                await watcher.stop()
             if follower is not None:
                 await follower.stop()
             await webhooks.aclose()
@@ -159,12 +167,8 @@ def create_app(
     app.include_router(events.router)
     app.include_router(console.router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    router = getattr(notifier, "router", None)
-    if router is not None:
-        app.include_router(router, prefix="/twilio")
-    api_router = getattr(notifier, "api_router", None)
-    if api_router is not None:
-        app.include_router(api_router)
+    if isinstance(notifier, NotifierService):
+        include_notifier(app, notifier)
     return app
 
 
