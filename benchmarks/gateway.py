@@ -98,9 +98,8 @@ async def _run(rates: list[int], seconds: float, atms: int, sustain_s: float, wi
 
     from atmguard.core import runtime_policy
     from atmguard.core.contracts import BehaviorFact
-    from atmguard.core.settings import Settings
+    from atmguard.core.settings import GatewaySettings, Settings
     from atmguard.gateway.api.app import create_app
-    from atmguard.gateway.config import GatewaySettings
     from atmguard.kafka.broker import EmbeddedBroker
     from atmguard.kafka.publisher import EventPublisher
 

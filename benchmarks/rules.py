@@ -88,7 +88,7 @@ def _load_pack(path: Path) -> _Pack:
         try:
             rs = load_rules([path])
             return _Pack(list(rs.rules), rs.digest, str(path))
-        except Exception as exc:  # the loader is another part; fall back rather than fail the bench
+        except Exception as exc:  # noqa: BLE001 - any unloadable pack: fall back to the generated one rather than fail the bench
             typer.echo(f"(could not load {path}: {exc}; using the generated pack)", err=True)
     return _Pack([Rule.model_validate(r) for r in FALLBACK_PACK])
 
@@ -325,14 +325,7 @@ def _measure_stale(pack: _Pack, n: int, atms: int) -> dict[str, Any]:
     return {"secs": time.perf_counter() - t, "marks": marks, **eng.stats()}
 
 
-def bench_rules(
-    events: int = typer.Option(100_000, "--events", help="Events to replay for throughput."),
-    atms: int = typer.Option(10_000, "--atms", help="ATMs active at once."),
-    rules_dir: Path = typer.Option(Path("rules"), "--rules", help="Rule pack (else a generated pack)."),
-    memory_events: int = typer.Option(200_000, "--memory-events", help="Events for RSS runs (0: skip; 1000000 for 1M)."),
-    ten_million: bool = typer.Option(False, "--ten-million", help="Also replay 10M events for peak RSS (long)."),
-    reloads: int = typer.Option(100, "--reloads", help="Reloads with live state (0: skip)."),
-) -> None:
+def bench_rules(*, events: int, atms: int, rules_dir: Path, memory_events: int, ten_million: bool, reloads: int) -> None:
     """Replay throughput vs durable_rules, peak RSS over long replays, reload time with live state."""
     pack = _load_pack(rules_dir)
     typer.echo(f"pack: {len(pack.rules)} rules from {pack.source}; {atms:,} ATMs; {events:,} events; one core each")

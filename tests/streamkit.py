@@ -1,5 +1,6 @@
 """Shared fixtures of the tests that need a real broker (engine, kafka, apps): the broker, workers (real
-`atmguard worker` subprocesses), event factories and a reader for the interventions topic."""
+`atmguard worker` subprocesses), events placed in time around T0 (built by tests/factories.py) and a
+reader for the interventions topic."""
 
 from __future__ import annotations
 
@@ -13,35 +14,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention
+from atmguard.core.contracts import BankEvent, Behavior, BehaviorFact, Intervention
 from atmguard.core.settings import Settings
 from atmguard.kafka.broker import EmbeddedBroker, free_port
+from tests import factories
+from tests.factories import PHONE_TRANSFER, RECENT, write_rule_pack
 
 ATMGUARD = Path(sys.executable).parent / "atmguard"
-
-PHONE_TRANSFER = """\
-rule: phone-transfer
-version: 1
-severity: critical
-description: A large transfer while the customer has been on the phone for a while.
-when:
-  all:
-    - event: on_phone
-      where: {duration_s: {gte: 30}}
-    - event: transfer
-      where: {amount: {gte: 100000}}
-  within: 5m
-cooldown: 10m
-actions: {sms: [patrol], hold: true}
-message: "{atm_id}: transfer while on the phone"
-"""
 
 # fast group joins for tests (the first join waits session_timeout / 2)
 ENGINE_ENV = {
@@ -50,34 +35,26 @@ ENGINE_ENV = {
     "ATMGUARD_ENGINE_RELOAD_DEBOUNCE_MS": "100",
 }
 
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+T0 = RECENT
 _ids = itertools.count()
 
 
-def fact(atm: str, at: float, behavior: Any = "on_phone", *, duration: float = 45.0, id: str | None = None) -> BehaviorFact:
-    """A behaviour fact `at` seconds after T0."""
-    return BehaviorFact(
-        id=id or f"f-{atm}-{next(_ids)}", atm_id=atm, camera_id="cam-1", behavior=behavior,
-        ts=T0 + timedelta(seconds=at), started_at=T0 + timedelta(seconds=at - duration), duration_s=duration,
-        confidence=0.9,
-    )
+def fact(atm: str, at: float, behavior: Behavior = "on_phone", *, duration: float = 45.0, id: str | None = None) -> BehaviorFact:
+    """A behaviour fact `at` seconds after T0, begun `duration` seconds before."""
+    return factories.fact(behavior, id=id or f"f-{atm}-{next(_ids)}", atm_id=atm, ts=T0 + timedelta(seconds=at),
+                          duration_s=duration)
 
 
 def transfer(atm: str | None, at: float, amount: float = 400_000, *, id: str | None = None) -> BankEvent:
     """A transfer at `atm`, `at` seconds after T0."""
-    return BankEvent(
-        type="transfer", id=id or f"trx-{atm}-{next(_ids)}", bank_id="halyk", atm_id=atm,
-        ts=T0 + timedelta(seconds=at), amount=Decimal(str(amount)), currency="KZT", payee_new=True, status="initiated",
-    )
+    return factories.bank_event(id=id or f"trx-{atm}-{next(_ids)}", atm_id=atm, ts=T0 + timedelta(seconds=at),
+                                amount=amount)
 
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
     """A rules folder with the phone-transfer rule."""
-    folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / "phone-transfer.yaml").write_text(PHONE_TRANSFER, encoding="utf-8")
-    return folder
+    return write_rule_pack(tmp_path / "rules", PHONE_TRANSFER)
 
 
 @pytest.fixture
@@ -213,7 +190,7 @@ class WorkerProcess:
         env = {**os.environ, **ENGINE_ENV, "PYTHONUNBUFFERED": "1"}
         env.pop("ATMGUARD_BROKER", None)
         self._fh = log.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [str(ATMGUARD), "worker", "--broker", broker.url, "--rules", str(rules), "--data-dir", str(data_dir),
              "--http-port", str(self.port)],
             stdout=self._fh, stderr=subprocess.STDOUT, env=env,

@@ -237,7 +237,8 @@ class TwilioSink:
 
     def sign(self, url: str, params: dict[str, str]) -> str:
         """X-Twilio-Signature for a POST of `params` to `url` (HMAC-SHA1, base64)."""
-        return self._validator.compute_signature(url, params)
+        signature: str = self._validator.compute_signature(url, params)
+        return signature
 
     def post_signed(self, url: str, params: dict[str, str], *, signature: str | None = None) -> httpx.Response:
         """POST form `params` to `url` as Twilio does; `signature` overrides (for bad-signature tests)."""
@@ -331,7 +332,7 @@ class TwilioSink:
                 time.sleep(0.05)
                 if req.status_callback:
                     self.send_status(req.sid or "", status)
-        except Exception as exc:  # the demo keeps going when our webhook is down
+        except Exception as exc:  # noqa: BLE001 - the demo keeps going when our webhook is down, whatever failed
             log.warning("twilio-sink: status playback for %s failed: %s", req.sid, exc)
 
     # -- REST handling (called by the request handler thread) ---------------------------------
@@ -485,7 +486,7 @@ class _Handler(BaseHTTPRequestHandler):
         # Headers and body go out in two writes: without NODELAY, Nagle + delayed ACK add 40 ms.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("twilio-sink: " + format, *args)
 
     def _form(self) -> dict[str, list[str]]:
@@ -501,14 +502,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
+    def do_GET(self) -> None:
         if self.path.startswith("/_sink/requests"):
             self._reply(200, self.owner.summary())
             return
         status, payload = self.owner.handle_rest("GET", self.path, self.headers.get("Authorization"), {})
         self._reply(status, payload)
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         form = self._form()
         if self.path.startswith("/_sink/"):
             self._control(form)

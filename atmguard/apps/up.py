@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from atmguard.core.settings import Settings
 
@@ -41,14 +44,8 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def apply_overrides(**values: Any) -> Settings:
-    """Settings from env + these flags; flags are exported as ATMGUARD_* so every part agrees."""
-    from atmguard.core.settings import get_settings
-
-    for name, value in values.items():
-        if value is not None:
-            os.environ[f"ATMGUARD_{name.upper()}"] = str(value)
-    get_settings.cache_clear()
-    return get_settings()
+    """Settings from the environment with the command's flags on top (a flag given wins; None: not given)."""
+    return Settings(**{name: value for name, value in values.items() if value is not None})
 
 
 @dataclass
@@ -102,8 +99,7 @@ def start_local_twilio(settings: Settings) -> Any:
     except ImportError:
         return None
     sink = TwilioSink(auto_status=True).start()
-    settings.twilio_base_url = sink.base_url
-    os.environ["ATMGUARD_TWILIO_BASE_URL"] = sink.base_url
+    settings.twilio_base_url = sink.base_url  # the settings object every part of this stack was given
     log.info("no Twilio credentials configured: SMS and radio calls go to a local Twilio-compatible server at %s",
              sink.base_url)
     return sink
@@ -127,13 +123,9 @@ async def start_notifier(settings: Settings, bootstrap: str) -> Any:
     return notifier
 
 
-def build_api(stack: Stack) -> Any:
+def build_api(stack: Stack) -> FastAPI:
     """One FastAPI app: the gateway (bank API, console, /twilio) when present, plus /metrics and /healthz."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    api: Any = None
+    api: FastAPI | None = None
     try:
         from atmguard.gateway.api.app import create_app
     except ImportError as exc:

@@ -26,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from atmguard.core.errors import EventError
+from atmguard.core.errors import EventError, key_path
 
 BEHAVIORS: tuple[str, ...] = ("present", "on_phone", "looking_around", "gaze_away")
 """Behaviour names the detectors emit and rules may name."""
@@ -159,18 +159,18 @@ def short_code(intervention_id_: str) -> str:
     return "".join(alphabet[(n >> (5 * i)) & 31] for i in range(4))
 
 
-_EVENT_ADAPTER: TypeAdapter[BehaviorFact | BankEvent] = TypeAdapter(Event)
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def _first_error_field(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
-    loc = [str(p) for p in err["loc"]]
+    loc = list(err["loc"])
     if loc and loc[0] in ("behavior", *BANK_EVENT_TYPES):
         loc = loc[1:]  # the first element is the union's tag, not a field
-    return ".".join(loc), err["msg"]
+    return key_path(loc), err["msg"]
 
 
-def parse_event(data: dict[str, Any] | str | bytes, *, source: str | None = None, line: int | None = None):
+def parse_event(data: dict[str, Any] | str | bytes, *, source: str | None = None, line: int | None = None) -> Event:
     """Validate one event (a dict or a JSON text) into its contract, or raise EventError naming the field."""
     try:
         if isinstance(data, str | bytes):
@@ -183,7 +183,7 @@ def parse_event(data: dict[str, Any] | str | bytes, *, source: str | None = None
         raise EventError(msg, source=source, line=line, field=where or None) from None
 
 
-def read_jsonl(path: str | Path) -> Iterator[BehaviorFact | BankEvent]:
+def read_jsonl(path: str | Path) -> Iterator[Event]:
     """Events of a JSONL file, in file order; blank lines and `#` comments are skipped."""
     p = Path(path)
     with p.open(encoding="utf-8") as fh:
@@ -194,14 +194,14 @@ def read_jsonl(path: str | Path) -> Iterator[BehaviorFact | BankEvent]:
             yield parse_event(text, source=str(p), line=lineno)
 
 
-def event_sort_key(event: BehaviorFact | BankEvent) -> tuple[datetime, str]:
+def event_sort_key(event: Event) -> tuple[datetime, str]:
     """Event-time order, ties broken by id so ordering is deterministic."""
     return (event.ts, event.id)
 
 
-def read_events(paths: Iterable[str | Path]) -> list[BehaviorFact | BankEvent]:
+def read_events(paths: Iterable[str | Path]) -> list[Event]:
     """All events of several JSONL files, merged in event-time order."""
-    events: list[BehaviorFact | BankEvent] = []
+    events: list[Event] = []
     for path in paths:
         events.extend(read_jsonl(path))
     events.sort(key=event_sort_key)
@@ -225,4 +225,5 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def event_to_dict(event: BaseModel) -> dict[str, Any]:
     """An event as plain JSON-able data (timestamps as RFC 3339 strings)."""
-    return json.loads(event.model_dump_json(exclude_none=True))
+    data: dict[str, Any] = json.loads(event.model_dump_json(exclude_none=True))
+    return data

@@ -1,18 +1,25 @@
-"""The atmguard error tree.
+"""The atmguard error tree, and the one way an error says where it is.
 
     AtmGuardError
     ├── CompatError            an installed Faust/aiokafka is not the one kafka/compat.py was written for
-    ├── ConfigError            a deployment config file is wrong (path, field)
-    ├── EventError             an event (JSON/JSONL) does not fit its contract (source, line, field)
-    └── RuleError              a rule file is wrong (path, line, column)
-        └── RuleSetError       several RuleErrors, all errors of one or more files at once
+    ├── PositionedError        a message and the Position it is about (file, line, column, key path)
+    │   ├── ConfigError        a config file or setting is wrong
+    │   │   └── DeploymentConfigError   (in notifier.config) the deployment config
+    │   ├── EventError         an event (JSON/JSONL) does not fit its contract
+    │   └── RuleError          a rule file is wrong (always a line and a column, 1:1 when unknown)
+    └── RuleSetError           several RuleErrors, all errors of one or more files at once
 
-Each error carries the data that locates it, so callers can print, count or serve it.
+Every positioned error prints the same way, `path:line:col: subject: message`, leaving out
+what is unknown; the subject is the key path as each kind words it (`people.x.phone` for
+configs, `field 'ts'` for events, nothing for rules, whose messages already name it in an
+analyst's words). So callers can print, count or serve the data, and users read one form.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 
 class AtmGuardError(Exception):
@@ -43,48 +50,129 @@ class CompatError(AtmGuardError):
                 f"for {self.expected}{needed})")
 
 
-@dataclass
-class ConfigError(AtmGuardError):
-    """A config file or setting is invalid."""
+def key_path(loc: Iterable[object]) -> str:
+    """A path into a document as people write it: `atms[2].phone` for ("atms", 2, "phone")."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
-    message: str
+
+@dataclass(frozen=True)
+class Position:
+    """Where in a file an error is: each part None when unknown (lines and columns count from 1)."""
+
     path: str | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        where = ":".join(p for p in (self.path, self.field) if p)
-        return f"{where}: {self.message}" if where else self.message
-
-
-@dataclass
-class EventError(AtmGuardError):
-    """An event does not fit the contract; `field` is the dotted JSON path of the bad value."""
-
-    message: str
-    source: str | None = None
     line: int | None = None
-    field: str | None = None
+    column: int | None = None
+    key_path: str | None = None
+    """The dotted/indexed path of the value in the document, e.g. `atms[2].phone`."""
 
     def __str__(self) -> str:
-        where = self.source or ""
+        """`path:line:col`, leaving out what is unknown (a column is only said after a line)."""
+        where = self.path or ""
         if self.line is not None:
             where += f":{self.line}"
-        if self.field:
-            where += f": field {self.field!r}"
-        return f"{where}: {self.message}" if where else self.message
+            if self.column is not None:
+                where += f":{self.column}"
+        return where
 
 
-@dataclass
-class RuleError(AtmGuardError):
-    """One problem in a rule file, said in an analyst's words."""
+class PositionedError(AtmGuardError):
+    """An error about one place in a file (or one setting): a message and its Position."""
 
-    message: str
-    path: str = "<rules>"
-    line: int = 1
-    column: int = 1
+    subject: ClassVar[str | None] = "{}"
+    """How the key path reads between the position and the message; None: not shown."""
+
+    def __init__(self, message: str, *, position: Position | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.position = position if position is not None else Position()
+
+    @property
+    def path(self) -> str | None:
+        return self.position.path
+
+    @property
+    def line(self) -> int | None:
+        return self.position.line
+
+    @property
+    def column(self) -> int | None:
+        return self.position.column
+
+    @property
+    def field(self) -> str | None:
+        """The key path (the name config and event errors have always given it)."""
+        return self.position.key_path
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+        key = self.position.key_path
+        parts = [str(self.position), self.subject.format(key) if key and self.subject else ""]
+        return ": ".join([*(p for p in parts if p), self.message])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, position={self.position!r})"
+
+
+class ConfigError(PositionedError):
+    """A config file or setting is invalid; `field` is the key path of the bad value."""
+
+    def __init__(self, message: str, path: str | None = None, field: str | None = None, *,
+                 position: Position | None = None) -> None:
+        if position is None:
+            position = Position(path, key_path=field)
+        super().__init__(message, position=position)
+
+
+class EventError(PositionedError):
+    """An event does not fit the contract; `field` is the dotted JSON path of the bad value."""
+
+    subject = "field {!r}"
+
+    def __init__(self, message: str, source: str | None = None, line: int | None = None,
+                 field: str | None = None, *, position: Position | None = None) -> None:
+        if position is None:
+            position = Position(source, line, key_path=field)
+        super().__init__(message, position=position)
+
+    @property
+    def source(self) -> str | None:
+        """The file (or other source) the event came from."""
+        return self.position.path
+
+
+class RuleError(PositionedError):
+    """One problem in a rule file, said in an analyst's words.
+
+    The rule checker's form is always `path:line:col: message`, so an unknown part reads
+    as `<rules>` or 1 (the top of the file), as it always has.
+    """
+
+    subject = None
+
+    def __init__(self, message: str, path: str = "<rules>", line: int = 1, column: int = 1, *,
+                 position: Position | None = None) -> None:
+        if position is None:
+            position = Position(path, line, column)
+        position = replace(position, path=position.path or "<rules>", line=position.line or 1,
+                           column=position.column or 1)
+        super().__init__(message, position=position)
+
+    @property
+    def path(self) -> str:
+        return self.position.path or "<rules>"
+
+    @property
+    def line(self) -> int:
+        return self.position.line or 1
+
+    @property
+    def column(self) -> int:
+        return self.position.column or 1
 
 
 @dataclass

@@ -7,7 +7,7 @@ in itself; both were found with `atmguard bench gateway` and py-spy:
    whichever thread holds it (the receipt writer's SQL, aiokafka's consumer thread in Faust) to
    let go, which CPython asks for only every `sys.getswitchinterval()` (5 ms by default). At 500
    requests/s a quarter of the gateway's samples were in `socket.send` waiting for the GIL.
-   The policy sets the interval to 0.5 ms (`GIL_SWITCH_INTERVAL_S`).
+   The policy sets the interval to 0.5 ms (`ATMGUARD_GIL_SWITCH_S`, core/settings.py).
 
 2. The cycle collector. Why: the gateway's hold advisor and the engine keep every event of the longest rule window alive
 (pydantic models, the rule runtime's records), and CPython's cycle collector walks *all* tracked
@@ -35,12 +35,13 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import sys
 import time
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from atmguard.core.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ _PAUSE = Histogram(
 _FROZEN = Gauge("atmguard_gc_frozen_objects", "Objects moved out of the collector's generations by gc.freeze().")
 _FREEZES = Counter("atmguard_gc_freezes", "Periodic freezes of long-lived objects.")
 
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 _started_at: dict[str, float] = {}
 _task: asyncio.Task[None] | None = None
@@ -66,22 +66,13 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         _PAUSE.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - _started_at.pop("t"))
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw not in (None, "") else default
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-
-
 def shorten_gil_switch() -> None:
     """Set the GIL switch interval to ATMGUARD_GIL_SWITCH_S (0.5 ms) unless it is already shorter.
 
     Also called by the engine itself: Faust runs its Kafka consumer in a thread of its own, and
     profiled at the default 5 ms the loop waited ~1 ms per producer `send()`.
     """
-    switch = _env_float("ATMGUARD_GIL_SWITCH_S", GIL_SWITCH_INTERVAL_S)
+    switch = RuntimeSettings().gil_switch_s
     if 0 < switch < sys.getswitchinterval():
         sys.setswitchinterval(switch)
 
@@ -136,8 +127,9 @@ def install(*, freeze_every_s: float | None = None, full_every_s: float | None =
     """
     global _task
     shorten_gil_switch()
-    every = _env_float("ATMGUARD_GC_FREEZE_S", 1.0) if freeze_every_s is None else freeze_every_s
-    full = _env_float("ATMGUARD_GC_FULL_S", 0.0) if full_every_s is None else full_every_s
+    configured = RuntimeSettings()
+    every = configured.gc_freeze_s if freeze_every_s is None else freeze_every_s
+    full = configured.gc_full_s if full_every_s is None else full_every_s
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
     if every <= 0:

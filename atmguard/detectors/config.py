@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
-from atmguard.core.errors import ConfigError
+from atmguard.core import yamlpos
+from atmguard.core.errors import ConfigError, Position
 
 
 class Strict(BaseModel):
@@ -114,43 +113,26 @@ class CamerasFile(Strict):
     cameras: list[CameraConfig]
 
 
-def _line_of(node: Any, loc: tuple[Any, ...]) -> int | None:
-    """Line (1-based) of the value at `loc` in a ruamel round-trip tree, as close as it gets."""
-    line: int | None = None
-    for key in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if lc is not None:
-                line = lc.item(key)[0] + 1 if isinstance(key, int) else lc.key(key)[0] + 1
-            node = node[key]
-        except (KeyError, IndexError, TypeError, AttributeError):
-            break
-    return line
-
-
 def load_cameras(config_dir: str | Path) -> dict[str, CameraConfig]:
     """Cameras by camera_id from `<config_dir>/cameras.yaml`; ConfigError names file:line and field."""
     path = Path(config_dir) / "cameras.yaml"
     if not path.exists():
         raise ConfigError("no cameras.yaml here", path=str(path))
-    try:
-        data = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
-    except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', exc)}", path=where) from None
+    data = yamlpos.load_yaml(path.read_text(encoding="utf-8"), str(path), error=ConfigError, column=False)
     try:
         parsed = CamerasFile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(err["loc"])
-        line = _line_of(data, loc)
-        field = ".".join(str(p) for p in loc)
-        raise ConfigError(err["msg"], path=f"{path}:{line}" if line else str(path), field=field) from None
+        raise ConfigError(err["msg"], position=_at(data, tuple(err["loc"]), path)) from None
     cams: dict[str, CameraConfig] = {}
     for i, cam in enumerate(parsed.cameras):
         if cam.camera_id in cams:
-            line = _line_of(data, ("cameras", i))
-            raise ConfigError(f"duplicate camera_id {cam.camera_id!r}", path=f"{path}:{line}", field=f"cameras.{i}.camera_id")
+            where = _at(data, ("cameras", i, "camera_id"), path)
+            raise ConfigError(f"duplicate camera_id {cam.camera_id!r}", position=where)
         cams[cam.camera_id] = cam
     return cams
+
+
+def _at(data: Any, loc: tuple[str | int, ...], path: Path) -> Position:
+    # at the key: the line an operator looks for; the messages name no column
+    return yamlpos.locate(data, loc, path=str(path), at_key=True, column=False)

@@ -29,7 +29,8 @@ TRACK_SIZE = (0.7, 1.43)
 
 def torso_centre(pose: np.ndarray) -> np.ndarray:
     """Midpoint of shoulders and hips (pose 11, 12, 23, 24), in pixels."""
-    return pose[[G.L_SHOULDER, G.R_SHOULDER, G.L_HIP, G.R_HIP], :2].mean(axis=0)
+    centre: np.ndarray = pose[[G.L_SHOULDER, G.R_SHOULDER, G.L_HIP, G.R_HIP], :2].mean(axis=0)
+    return centre
 
 
 def body_size(pose: np.ndarray) -> float:

@@ -21,6 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from atmguard.core.checksums import file_sha256
+from atmguard.core.settings import DetectorSettings
 
 # names the Tasks PoseLandmarkerGraph looks for inside the bundle
 DETECTOR_NAME = "pose_detector.tflite"
@@ -47,11 +48,7 @@ def source_models() -> tuple[Path, Path]:
 
 def cache_dir() -> Path:
     """ATMGUARD_MODEL_CACHE, else $XDG_CACHE_HOME/atmguard/models, else ~/.cache/atmguard/models."""
-    explicit = os.environ.get("ATMGUARD_MODEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "atmguard" / "models"
+    return DetectorSettings().model_cache
 
 
 def bundle_key() -> str:
@@ -110,7 +107,7 @@ def build_bundle(out: Path) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared cache folder serves several accounts
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException:  # also on Ctrl-C: no half-written bundle stays in the cache
         Path(tmp).unlink(missing_ok=True)
         raise
     return out

@@ -15,6 +15,8 @@ import threading
 from typing import TextIO
 
 from atmguard.core.contracts import BehaviorFact
+from atmguard.core.settings import Settings, get_settings
+from atmguard.kafka.publisher import EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,8 @@ def bootstrap_of(broker: str) -> str:
 class BrokerSink:
     """Publishes facts to settings.topic_facts via atmguard.kafka.publisher.EventPublisher (key = atm_id)."""
 
-    def __init__(self, broker: str, *, retry_s: float = 1.0) -> None:
-        from atmguard.core.settings import get_settings
-
-        try:
-            from atmguard.kafka.publisher import EventPublisher
-        except ImportError as exc:  # the stream part is not installed/finished
-            raise RuntimeError(f"publishing needs atmguard.kafka.publisher: {exc}") from None
-        self.settings = get_settings().model_copy(update={"broker": broker})
+    def __init__(self, broker: str, *, settings: Settings | None = None, retry_s: float = 1.0) -> None:
+        self.settings = (settings or get_settings()).model_copy(update={"broker": broker})
         self._publisher = EventPublisher(bootstrap_of(broker), self.settings)
         self._queue: queue.Queue[BehaviorFact | None] = queue.Queue()
         self._retry_s = retry_s

@@ -21,6 +21,12 @@ Records expire by event time (`dedupe_ttl_s`, at least the longest rule window +
 Every one of those decisions is `atmguard.engine.core`'s (pure, tested without a broker). This
 module does what needs Faust and the broker: batches from the agent, publishing with retry until
 the broker acknowledged, the changelog written in batches, rule reloads, fencing, lag.
+
+A batch's interventions are published in a task behind the agent (`_publish_behind`), which goes
+on with the next batch meanwhile. The order that makes the guarantees is kept where offsets are
+committed: Faust flushes its producer before every commit, and that flush waits for every
+publication running (so for its acks and its "published" marks on the changelog) before the
+offsets, chosen before the flush, are committed. A publication cut short fences the engine.
 """
 
 from __future__ import annotations
@@ -29,11 +35,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +46,7 @@ import faust
 
 from atmguard.core import runtime_policy
 from atmguard.core.contracts import Intervention
+from atmguard.core.settings import EngineSettings
 from atmguard.engine.core import BatchOutcome, EngineCore
 from atmguard.engine.metrics import TopicMetrics, engine_metrics
 from atmguard.engine.records import Firing, StoredJSON
@@ -84,6 +90,11 @@ FETCH_MAX_WAIT_MS = 10
 CHANGELOG_BATCH = 500
 """Queued state records that make a batch flush them at once (else the 20 ms timer does)."""
 
+PUBLISHING_MAX = 8
+"""Batches whose interventions may be in flight while the agent goes on; one more waits for the oldest.
+
+Bounded so that a broker that stops acknowledging stops the agent too (nothing piles up unacked)."""
+
 _HW_SENTINEL = json.dumps("~hw").encode()
 
 
@@ -107,6 +118,9 @@ class EngineOptions:
     sweep_interval_s: float = 5.0
     batch_max: int = 500
     batch_within_ms: float = 5.0
+    fetch_pacing: float = 1.0
+    """Pacing ratio of the input consumer (kafka/pacing.py): 4, the default of other consumers, made the
+    next fetch wait ~4 x 7 ms (the broker holds each fetch ~5 ms) and was most of the intervention p99."""
     epoch_check_s: float = 0.5
     """How often a worker checks whether the broker lost its data (restarted in-memory broker)."""
     commit_timeout_s: float = 10.0
@@ -117,14 +131,9 @@ class EngineOptions:
 
     @classmethod
     def from_env(cls, **values: Any) -> EngineOptions:
-        """Options with tuning from ATMGUARD_ENGINE_* variables (e.g. ATMGUARD_ENGINE_SESSION_TIMEOUT_S=2)."""
-        for name, default in cls.__dataclass_fields__.items():
-            raw = os.environ.get(f"ATMGUARD_ENGINE_{name.upper()}")
-            if raw is None or name in values or name == "extra_conf":
-                continue
-            kind: type[Any] = type(default.default) if default.default is not MISSING else str
-            values[name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
-        return cls(**values)
+        """Options tuned by the ATMGUARD_ENGINE_* settings (core/settings.py), overridden by `values`."""
+        tuned = EngineSettings().model_dump()
+        return cls(**{**{k: v for k, v in tuned.items() if k in cls.__dataclass_fields__}, **values})
 
 
 # --- The engine -------------------------------------------------------------------------------
@@ -169,7 +178,8 @@ class Engine:
             commit_timeout_s=options.commit_timeout_s,
             input_topics=frozenset({settings.topic_facts, settings.topic_bank}),
             is_fenced=lambda: self.fenced is not None,
-            before_flush=self.flush_changelog,
+            before_flush=self._before_commit,
+            fetch_pacing=options.fetch_pacing,
         )
         self.app = FaustApp(
             app_id_for(options, epoch),
@@ -222,6 +232,10 @@ class Engine:
         self._cl_buf: defaultdict[int, list[tuple[bytes, bytes | None]]] = defaultdict(list)
         self._cl_count = 0
         self._cl_lock = asyncio.Lock()
+        # publications running behind the agent (see `_publish_behind`), and the future the next
+        # one waits for before sending, so interventions reach the topic in batch order
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._sent: asyncio.Future[None] | None = None
         self.core = EngineCore(
             self.table.data, self._changelog,
             dedupe_ttl_s=options.dedupe_ttl_s, sweep_interval_s=options.sweep_interval_s,
@@ -331,29 +345,34 @@ class Engine:
         # offset committed from then on) and replaced by a fresh app, which gets the records
         # again from the last committed offset and re-publishes interventions never acknowledged.
         within = max(0.001, self.options.batch_within_ms / 1000)
-        async for events in stream.take_events(max(1, self.options.batch_max), within=within):
-            finished = False
-            try:
-                await self.handle_batch(events)
-                finished = True
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # broad on purpose: one poisoned batch must not stop every ATM
-                finished = True
-                first = events[0].message if events else None
-                if self.fenced is not None:
-                    log.info("batch of %d records dropped (engine fenced: %s); it will be delivered again",
-                             len(events), self.fenced)
-                else:
-                    log.exception(
-                        "engine failed on a batch of %d records (first %s[%s]@%s)", len(events),
-                        getattr(first, "topic", "?"), getattr(first, "partition", "?"),
-                        getattr(first, "offset", "?"),
-                    )
-            finally:
-                if not finished:
-                    self.fence("a batch was interrupted before it was processed")
-                    self.needs_restart = self.needs_restart or "a batch was interrupted"
+        try:
+            async for events in stream.take_events(max(1, self.options.batch_max), within=within):
+                finished = False
+                try:
+                    await self.handle_batch(events)
+                    finished = True
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # broad on purpose: one poisoned batch must not stop every ATM
+                    finished = True
+                    first = events[0].message if events else None
+                    if self.fenced is not None:
+                        log.info("batch of %d records dropped (engine fenced: %s); it will be delivered again",
+                                 len(events), self.fenced)
+                    else:
+                        log.exception(
+                            "engine failed on a batch of %d records (first %s[%s]@%s)", len(events),
+                            getattr(first, "topic", "?"), getattr(first, "partition", "?"),
+                            getattr(first, "offset", "?"),
+                        )
+                finally:
+                    if not finished:
+                        self.fence("a batch was interrupted before it was processed")
+                        self.needs_restart = self.needs_restart or "a batch was interrupted"
+        finally:
+            # the agent stops (worker stop, Faust restarting it): a publication still running
+            # behind it is interrupted as a batch would be (fenced; a fresh app replays it)
+            self._interrupt_publications()
 
     async def handle(self, message: Any, raw: bytes) -> None:
         """Process one record (a batch of one)."""
@@ -378,7 +397,7 @@ class Engine:
         self._count(outcome)
         self.metrics.state_events.set(len(self.table.data))
         if outcome.firings:
-            await self._publish_many(outcome.firings)
+            await self._publish_behind(outcome.firings)
         elif self._cl_count >= CHANGELOG_BATCH:
             await self.flush_changelog()
 
@@ -390,20 +409,79 @@ class Engine:
         for topic, n in outcome.invalid.items():
             self._labelled(topic).invalid.inc(n)
 
+    async def _publish_behind(self, firings: Sequence[Firing]) -> None:
+        """Publish a batch's firings in a task of its own: the agent goes on with the next batch.
+
+        Its acks and the changelog flush of its "published" marks (two broker round trips) used to
+        hold the next batch back. The order the guarantees need still holds: Faust picks the
+        offsets to commit, then flushes its producer, and that flush first waits for every
+        publication running (`_before_commit`); a batch's publication starts before Faust acks
+        its events, so no offset is committed before the marks of its events' interventions are
+        on the broker. At most PUBLISHING_MAX run at once (then the agent waits for the oldest).
+        """
+        while len(self._publishing) >= PUBLISHING_MAX:
+            await asyncio.wait(set(self._publishing), return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.ensure_future(self._publish_many(firings))
+        self._publishing.add(task)
+        task.add_done_callback(self._publication_done)
+
+    def _publication_done(self, task: asyncio.Task[None]) -> None:
+        """A publication behind the agent ended: say what went wrong, as the agent did for its batch."""
+        self._publishing.discard(task)
+        if task.cancelled():
+            # its events may be acked already: only fencing keeps their offsets from being committed
+            self.fence("a publication was interrupted before the broker acknowledged it")
+            self.needs_restart = self.needs_restart or "a publication was interrupted"
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if self.fenced is not None:
+            log.info("publication of a batch dropped (engine fenced: %s); it will be made again", self.fenced)
+        else:
+            log.error("publishing the interventions of a batch failed", exc_info=exc)
+
+    def _interrupt_publications(self) -> None:
+        """Cancel the publications still running (the agent stops); fenced first, so nothing is committed."""
+        running = [task for task in self._publishing if not task.done()]
+        if running:
+            self.fence("the agent stopped while interventions were being published")
+            self.needs_restart = self.needs_restart or "a publication was interrupted"
+            for task in running:
+                task.cancel()
+
+    async def _publications_done(self) -> None:
+        """Wait for every publication running now (whatever its end; the done callback reports it)."""
+        running = [task for task in self._publishing if not task.done()]
+        if running:
+            await asyncio.wait(running)
+
+    async def _before_commit(self) -> None:
+        """Before Faust flushes its producer for an offset commit: publications, then the changelog."""
+        await self._publications_done()
+        await self.flush_changelog()
+
     async def _publish_many(self, firings: Sequence[Firing]) -> None:
         """Publish the firings the core says are due (not acknowledged nor being published), concurrently.
 
         Each one is retried until the broker acknowledged it; then all their "published" marks go
         to the state table and the changelog is flushed and awaited once: a crash after this must
-        not re-notify.
+        not re-notify. A batch sends only once the batch before it was acknowledged (so
+        interventions reach the topic in the order they were made, as when batches waited for
+        each other); its marks' flush overlaps the next batch's sends.
         """
         todo = self.core.claim(firings)
         if not todo:
             return
+        previous, sent = self._sent, asyncio.get_running_loop().create_future()
+        self._sent = sent
         try:
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)  # shielded: our cancellation must not end the previous one's
             for f in todo:
                 self.metrics.rule_firings.labels(f.intervention.rule, f.intervention.mode).inc()
             await asyncio.gather(*(self._send_acked(f.intervention) for f in todo))
+            sent.set_result(None)
             now = time.time()
             for f in todo:
                 self.core.acknowledged(f)
@@ -414,6 +492,10 @@ class Engine:
             # the "published" marks on the broker now, not within 20 ms: a crash must not re-notify
             await self.flush_changelog(wait=True)
         finally:
+            if not sent.done():
+                sent.set_result(None)
+            if self._sent is sent:
+                self._sent = None
             self.core.release(todo)
         for f in todo:
             iv = f.intervention
@@ -508,6 +590,7 @@ class Engine:
         if self.fenced is not None:
             return
         started = time.monotonic()
+        await self._publications_done()  # their marks are part of the state the rules are rebuilt from
         recovery = self.core.recover(self._active_partitions())
         await self._publish_many(recovery.pending)
         self.metrics.restores.inc()

@@ -59,7 +59,7 @@ async def _wait_for_broker(
             return await ensure_epoch(bootstrap, timeout=5.0)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the broker: wait and try again
             log.warning("broker %s not ready (%r); retrying", bootstrap, exc)
             await _sleep_unless(stop, delay)
             delay = min(delay * 2, 3.0)

@@ -57,7 +57,7 @@ class Recorder:
             ):
                 return  # accepted by this gateway: already fed and remembered
             event = parse_event(data)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one unreadable record must not stop the follower
             log.warning("skipping unreadable event record: %s", exc)
             return
         if self.advisor is not None:
@@ -71,7 +71,7 @@ class Recorder:
         the loop that answers banks) and tell the banks whose customer stands there."""
         try:
             iv = Intervention.model_validate_json(raw)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one unreadable record must not stop the follower
             log.warning("skipping unreadable intervention record: %s", exc)
             return
         if self.advisor is not None:
@@ -188,7 +188,7 @@ class TopicFollower:
                         consumer.resume(*assigned)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any broker failure: reconnect with backoff, never give up
                 log.warning("topic follower of %s lost the broker (%r); retrying in %.1f s", ", ".join(topics), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -110,7 +110,7 @@ class ReceiptWriter:
             rows = [r for rs, _ in batch for r in rs]
             try:
                 await asyncio.to_thread(store_receipts, self.sessions, rows)
-            except Exception as exc:
+            except Exception as exc:  # any store failure: every waiting request is told, none hangs
                 log.exception("cannot store receipts")
                 for _, fut in batch:
                     if not fut.done():

@@ -28,8 +28,9 @@ def _file_secret(path: Path) -> str:
 
 def bank_master_secret(settings: Settings) -> bytes:
     """The secret every bank key is derived from; losing it invalidates all bank keys."""
-    env = os.environ.get("ATMGUARD_BANK_KEY_SECRET")
-    return (env or _file_secret(settings.data_dir / "secrets" / "bank-keys.secret")).encode()
+    if settings.bank_key_secret is not None:
+        return settings.bank_key_secret.get_secret_value().encode()
+    return _file_secret(settings.data_dir / "secrets" / "bank-keys.secret").encode()
 
 
 def session_secret(settings: Settings) -> str:

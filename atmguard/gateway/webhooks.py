@@ -72,7 +72,7 @@ class BankWebhooks:
                 "gateway", "bank.webhook", notice.get("id"),
                 {"bank_id": bank_id, "event": event, "result": result, "attempts": attempt},
             )
-        except Exception:
+        except Exception:  # the audit write must not undo a delivered webhook
             log.exception("cannot audit webhook")
 
     async def aclose(self) -> None:

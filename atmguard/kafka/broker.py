@@ -137,14 +137,14 @@ class EmbeddedBroker:
         # Own session: a Ctrl-C in the terminal reaches our process group, and the broker must outlive
         # the workers' shutdown (they commit offsets on the way out); we stop it last. If we die
         # without stopping it, the kernel sends it SIGTERM (parent-death signal).
-        self._proc = subprocess.Popen(  # noqa: S603 - verified binary, fixed arguments
+        self._proc = subprocess.Popen(
             cmd,
             stdout=stdout,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -277,6 +277,8 @@ class EngineHooks:
     """True once the engine is fenced: from then on no commit and no write reach the broker."""
     before_flush: Callable[[], Awaitable[None]] = _nothing_to_flush
     """Runs before Faust flushes its producer (which it does before every offset commit)."""
+    fetch_pacing: float | None = None
+    """The pacing ratio of the engine's consumer (see kafka/pacing.py); None: the process-wide setting."""
 
 
 def _hooks(app: Any) -> EngineHooks:
@@ -300,7 +302,8 @@ class LowLatencyConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def on_start(self) -> None:
         await super().on_start()
-        pace_fetches(self._ensure_consumer())  # the embedded broker's fetch cost grows with what it keeps
+        # the embedded broker's fetch cost grows with what it keeps
+        pace_fetches(self._ensure_consumer(), ratio=_hooks(self.app).fetch_pacing)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Faust calls this after table recovery: see `seek_to_committed_or_beginning`."""

@@ -24,23 +24,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-DEFAULT_RATIO = 4.0
-"""Wait four times the fetch's time: one consumer keeps the broker busy at most a fifth of the time."""
+from atmguard.core.settings import KafkaSettings
+
 DEFAULT_MAX_WAIT_S = 0.1
 
 
-def pacing_ratio(default: float = DEFAULT_RATIO) -> float:
-    """The ratio from ATMGUARD_FETCH_PACING (0 turns pacing off)."""
-    raw = os.environ.get("ATMGUARD_FETCH_PACING", "")
-    try:
-        return max(0.0, float(raw)) if raw else default
-    except ValueError:
-        return default
+def pacing_ratio() -> float:
+    """The ratio from the settings (ATMGUARD_FETCH_PACING, default 4: one consumer keeps the broker busy at most a fifth of the time; 0 turns pacing off)."""
+    return KafkaSettings().fetch_pacing
 
 
 class PacedFetch:

@@ -98,7 +98,7 @@ class EventPublisher:
                     )
                     try:
                         await asyncio.wait_for(producer.start(), self.timeout)
-                    except BaseException:
+                    except BaseException:  # also on cancellation: never leave a half-started producer behind
                         await _quiet_stop(producer)
                         raise
                     self._producer = producer
@@ -107,7 +107,7 @@ class EventPublisher:
                     self._topics_ok = True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - refused, timed out, unknown: all mean unavailable
+            except Exception as exc:  # whatever aiokafka raises, the caller sees one BrokerUnavailable
                 raise BrokerUnavailable(f"broker {self.bootstrap} unavailable: {exc!r}") from exc
             return self._producer
 
@@ -125,7 +125,7 @@ class EventPublisher:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every broker failure means the same to callers
+            except Exception as exc:  # any send failure: one retry with a fresh producer (below)
                 # After a broker restart (memory storage) topics are gone and the producer's metadata is
                 # stale: start over with a fresh producer and re-created topics (auto-creation would
                 # give them the wrong partition count), once, then tell the caller.
@@ -170,7 +170,7 @@ class EventPublisher:
                 ACK_SECONDS.labels(topic).observe(took)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # whatever aiokafka raises, the caller sees one BrokerUnavailable
             await self._reset()
             raise BrokerUnavailable(f"broker {self.bootstrap} did not acknowledge: {exc!r}") from exc
         return len(futures)
@@ -191,7 +191,7 @@ async def _quiet_stop(producer: Any) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-    except Exception:  # noqa: BLE001, S110 - closing a dead connection must not raise
+    except Exception:  # noqa: BLE001 - closing a dead connection must not raise
         pass
     # a stop that timed out leaves aiokafka's sender running: it would deliver the pending
     # records to whatever broker answers next (see abort_producer)

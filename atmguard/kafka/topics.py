@@ -88,7 +88,7 @@ async def _partition_mismatches(admin: Any, topics: list[str], expected: int) ->
     earlier run used another setting); empty if the broker cannot say."""
     try:
         described = await admin.describe_topics(topics)
-    except Exception as exc:  # a diagnosis only: never stop a start over it
+    except Exception as exc:  # noqa: BLE001 - a diagnosis only: never stop a start over it
         log.debug("cannot describe topics %s: %s", topics, exc)
         return {}
     counts = {str(d.get("topic")): len(d.get("partitions") or []) for d in described if isinstance(d, dict)}
@@ -144,8 +144,9 @@ async def _read_epoch_with(consumer: Any, tp: Any, timeout: float) -> str | None
     batch = await consumer.getmany(tp, timeout_ms=int(timeout * 1000), max_records=1)
     for records in batch.values():
         for record in records:
-            if record.offset == 0 and record.value:
-                return record.value.decode()
+            value: bytes | None = record.value
+            if record.offset == 0 and value:
+                return value.decode()
     return None
 
 
@@ -193,7 +194,7 @@ class EpochWatch:
                 )
                 try:
                     await asyncio.wait_for(consumer.start(), timeout)
-                except BaseException:
+                except BaseException:  # also on cancellation: never leave a half-started consumer behind
                     with contextlib.suppress(Exception):
                         await consumer.stop()
                     raise

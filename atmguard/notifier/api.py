@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
@@ -29,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
+from atmguard.core.settings import NotifierSettings
 from atmguard.notifier.masking import mask_phone
 from atmguard.notifier.service import NotifierService
 from atmguard.notifier.views import InterventionStatus
@@ -124,7 +124,8 @@ class AckResponse(BaseModel):
 
 def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
     """Guard of the ack API: a bearer token from ATMGUARD_NOTIFIER_API_TOKEN."""
-    token = os.environ.get(API_TOKEN_ENV)
+    configured = NotifierSettings().api_token  # read per request: rotating the token needs no restart
+    token = configured.get_secret_value() if configured is not None else None
     given = (authorization or "").removeprefix("Bearer ").strip()
     if not token or not given or not hmac.compare_digest(token, given):
         raise HTTPException(status_code=403, detail=f"send Authorization: Bearer ${API_TOKEN_ENV}")

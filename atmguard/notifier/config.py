@@ -12,7 +12,6 @@ shift in the ATM's district at the intervention's time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime, time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,8 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from atmguard.core import yamlpos
 from atmguard.core.durations import parse_duration
-from atmguard.core.errors import ConfigError
+from atmguard.core.errors import ConfigError, Position
 
 Language = Literal["ru", "kk", "en"]
 LANGUAGES: tuple[str, ...] = ("ru", "kk", "en")
@@ -30,19 +30,14 @@ Channel = Literal["sms", "radio", "webhook"]
 CONFIG_FILE = "deployment.yaml"
 
 
-@dataclass
 class DeploymentConfigError(ConfigError):
-    """A deployment config problem at `path`, `line`, in the dotted `field`."""
+    """A deployment config problem at `path`, `line`, in the key path `field` (messages name no column)."""
 
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = self.path or "<config>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.field:
-            where += f": {self.field}"
-        return f"{where}: {self.message}"
+    def __init__(self, message: str, path: str | None = None, field: str | None = None,
+                 line: int | None = None, *, position: Position | None = None) -> None:
+        if position is None:
+            position = Position(path, line, key_path=field)
+        super().__init__(message, position=position)
 
 
 def e164(value: Any) -> str:
@@ -253,35 +248,6 @@ def _parse_span(span: str, name: str) -> tuple[time, time]:
 # -- loading ------------------------------------------------------------------------------
 
 
-def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the deepest node of `loc` that ruamel marked."""
-    line: int | None = None
-    node = data
-    for key in loc:
-        lc = getattr(node, "lc", None)
-        try:
-            if isinstance(node, dict) and key in node:
-                if lc is not None:
-                    line = lc.key(key)[0] + 1
-                node = node[key]
-            elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
-                if lc is not None:
-                    line = lc.item(key)[0] + 1
-                node = node[key]
-            else:
-                break
-        except (KeyError, TypeError, AttributeError):
-            break
-    return line
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _references(cfg: DeploymentConfig) -> list[tuple[tuple[Any, ...], str]]:
     """Cross-section mistakes: unknown people, districts, shifts, groups, channels."""
     problems: list[tuple[tuple[Any, ...], str]] = []
@@ -333,15 +299,7 @@ def _references(cfg: DeploymentConfig) -> list[tuple[tuple[Any, ...], str]]:
 
 def parse_deployment(text: str, source: str = "<deployment>") -> DeploymentConfig:
     """Parse and validate deployment YAML text; errors name `source`, the line and the field."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError
-
-    try:
-        data = YAML(typ="rt").load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
-        raise DeploymentConfigError(f"not valid YAML: {exc.problem}", path=source, line=line) from None
+    data = yamlpos.load_yaml(text, source, error=DeploymentConfigError, column=False)
     if not isinstance(data, dict):
         raise DeploymentConfigError("expected a mapping with atms, people, groups, ...", path=source, line=1)
     try:
@@ -352,12 +310,17 @@ def parse_deployment(text: str, source: str = "<deployment>") -> DeploymentConfi
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}"
-        raise DeploymentConfigError(msg, path=source, field=_dotted(loc), line=_line_of(data, loc)) from None
+        raise DeploymentConfigError(msg, position=_at(data, loc, source)) from None
     problems = _references(cfg)
     if problems:
         loc, msg = problems[0]
-        raise DeploymentConfigError(msg, path=source, field=_dotted(loc), line=_line_of(data, loc))
+        raise DeploymentConfigError(msg, position=_at(data, loc, source))
     return cfg
+
+
+def _at(data: Any, loc: tuple[str | int, ...], source: str) -> Position:
+    # at the key: the line a dispatcher looks for; the messages name no column
+    return yamlpos.locate(data, loc, path=source, at_key=True, column=False)
 
 
 def _plain(node: Any) -> Any:

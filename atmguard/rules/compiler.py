@@ -142,8 +142,8 @@ def translate_regex(pattern: str) -> tuple[str, bool]:
     understand (`\\d`, `^`, `(?:`) so that it never matches; this translation refuses anything it
     cannot express and raises ValueError with the reason.
     """
-    import re._constants as sre_constants  # noqa: PLC0415 - private but stable across 3.11/3.12
-    import re._parser as sre_parse  # noqa: PLC0415
+    import re._constants as sre_constants
+    import re._parser as sre_parse
 
     try:
         parsed = sre_parse.parse(pattern)

@@ -3,7 +3,7 @@
 A rule file holds one rule (a mapping) or a list of rules. Problems are found in two passes
 over the same YAML tree: pydantic for shape (keys, types, durations, enums) and
 `checks.RuleChecker` for meaning (events, fields, operators, references, messages). Both
-report paths into the tree, which `yamlpos.position` turns into `file:line:col`.
+report paths into the tree, which `yamlpos.locate` turns into `file:line:col`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from atmguard.core import yamlpos
 from atmguard.core.contracts import Actions
-from atmguard.core.errors import RuleError
+from atmguard.core.errors import Position, RuleError, RuleSetError
 from atmguard.rules.checks import Issue, check_rule_data, did_you_mean
 from atmguard.rules.schema import Group, Pattern, Rule, When
 
@@ -192,8 +192,6 @@ def validate_rule_tree(tree: Any, plain_data: Any) -> tuple[Rule | None, list[Is
 
 def load_rule_text(text: str, path: str = "<rules>") -> list[LoadedRule]:
     """Rules of one YAML text; raises RuleSetError with all its errors."""
-    from atmguard.core.errors import RuleSetError
-
     try:
         tree = yamlpos.load_yaml(text, path)
     except RuleError as exc:
@@ -211,7 +209,7 @@ def load_rule_file(path: Path) -> tuple[list[LoadedRule], list[RuleError]]:
     except RuleError as exc:
         return [], [exc]
     except OSError as exc:
-        return [], [RuleError(f"cannot read the file: {exc.strerror or exc}", str(path), 1, 1)]
+        return [], [RuleError(f"cannot read the file: {exc.strerror or exc}", position=Position(str(path)))]
     if looks_like_tests(tree):
         return [], []  # rule tests misnamed: `atmguard rules test` still finds and runs them
     return _load_tree(tree, str(path))
@@ -219,31 +217,31 @@ def load_rule_file(path: Path) -> tuple[list[LoadedRule], list[RuleError]]:
 
 def _load_tree(tree: Any, path: str) -> tuple[list[LoadedRule], list[RuleError]]:
     if tree is None:
-        return [], [RuleError("the file is empty; a rule file holds one rule or a list of rules", path, 1, 1)]
+        return [], [RuleError("the file is empty; a rule file holds one rule or a list of rules", path)]
     items: list[tuple[tuple[str | int, ...], Any]]
     if isinstance(tree, list):
         items = [((i,), item) for i, item in enumerate(tree)]
         if not items:
-            return [], [RuleError("the list of rules is empty", path, 1, 1)]
+            return [], [RuleError("the list of rules is empty", path)]
     elif isinstance(tree, dict):
         items = [((), tree)]
     else:
-        return [], [RuleError("a rule file holds one rule (a mapping) or a list of rules", path, 1, 1)]
+        return [], [RuleError("a rule file holds one rule (a mapping) or a list of rules", path)]
     loaded: list[LoadedRule] = []
     errors: list[RuleError] = []
     for prefix, node in items:
         if not isinstance(node, dict):
-            line, col = yamlpos.position(tree, prefix)
-            errors.append(RuleError("each rule is a mapping with `rule:`, `version:`, `severity:`, `when:` ...", path, line, col))
+            where = yamlpos.locate(tree, prefix, path=path)
+            errors.append(RuleError("each rule is a mapping with `rule:`, `version:`, `severity:`, `when:` ...", position=where))
             continue
         if "rule" not in node and ("expect" in node or "events" in node or "cases" in node):
-            line, col = yamlpos.position(tree, prefix)
-            errors.append(RuleError("this looks like a rule test, not a rule: name the file *.test.yaml", path, line, col))
+            where = yamlpos.locate(tree, prefix, path=path)
+            errors.append(RuleError("this looks like a rule test, not a rule: name the file *.test.yaml", position=where))
             continue
         rule, issues = validate_rule_tree(node, yamlpos.plain(node))
         for issue in issues:
-            line, col = yamlpos.position(tree, prefix + issue.loc, at_key=issue.at_key)
-            errors.append(RuleError(issue.message, path, line, col))
+            where = yamlpos.locate(tree, prefix + issue.loc, path=path, at_key=issue.at_key)
+            errors.append(RuleError(issue.message, position=where))
         if rule is not None:
             line, col = yamlpos.position(tree, prefix + ("rule",), at_key=True)
             loaded.append(LoadedRule(rule, RuleSource(path, line, col)))

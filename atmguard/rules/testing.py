@@ -129,8 +129,7 @@ def _event(raw: dict[str, Any], defaults: dict[str, Any], start: datetime | None
     else:
         data.setdefault("bank_id", "bank-1")
         data.setdefault("status", "completed")
-    event: Event = parse_event(data)  # typed here: parse_event's own return is not annotated
-    return event
+    return parse_event(data)
 
 
 def load_cases(path: Path, ruleset: RuleSet | None) -> tuple[list[Case], list[RuleError]]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from atmguard.core import runtime_policy
+from atmguard.core.settings import RuntimeSettings
 
 
 class Node:
@@ -94,4 +95,4 @@ def test_install_shortens_the_gil_switch_interval_and_can_be_turned_off(
         return runtime_policy.install()
 
     assert asyncio.run(main()) is False  # the collector part is off
-    assert sys.getswitchinterval() == pytest.approx(runtime_policy.GIL_SWITCH_INTERVAL_S, rel=0.01)
+    assert sys.getswitchinterval() == pytest.approx(RuntimeSettings().gil_switch_s, rel=0.01)

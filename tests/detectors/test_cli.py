@@ -13,10 +13,13 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import pytest
 
 from atmguard.core.contracts import BehaviorFact, parse_event
 from tests.conftest import REPO
 from tests.detectors.conftest import footage
+
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
 
 ATMGUARD = [sys.executable, "-m", "atmguard.apps.cli"]
 

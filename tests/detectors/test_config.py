@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atmguard.core.errors import ConfigError
+from atmguard.core.errors import ConfigError, Position
 from atmguard.detectors.config import load_cameras
 
 
@@ -31,8 +31,22 @@ def test_bad_field_names_its_line(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as err:
         load_cameras(tmp_path)
-    assert err.value.path is not None and err.value.path.endswith("cameras.yaml:5")
-    assert err.value.field == "cameras.0.analysis_fps"
+    path = str(tmp_path / "cameras.yaml")
+    assert err.value.position == Position(path, 5, None, "cameras[0].analysis_fps")  # the line, as always; no column
+    assert str(err.value) == f"{path}:5: cameras[0].analysis_fps: Input should be greater than 0"
+
+
+def test_a_value_below_its_key_is_reported_at_the_key(tmp_path: Path) -> None:
+    (tmp_path / "cameras.yaml").write_text(
+        "cameras:\n"
+        "  - camera_id: c1\n"
+        "    atm_id: a\n"
+        "    analysis_fps:\n"
+        "      -3\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_cameras(tmp_path)
+    assert (err.value.line, err.value.column, err.value.field) == (4, None, "cameras[0].analysis_fps")
 
 
 def test_unknown_key_and_short_zone_are_errors(tmp_path: Path) -> None:
@@ -52,10 +66,11 @@ def test_duplicate_camera_and_bad_yaml(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="duplicate camera_id 'c1'") as err:
         load_cameras(tmp_path)
-    assert err.value.path is not None and err.value.path.endswith(":4")
+    assert (err.value.line, err.value.field) == (4, "cameras[1].camera_id")
     (tmp_path / "cameras.yaml").write_text("cameras:\n  - camera_id: [c1\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_cameras(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path / 'cameras.yaml'}:3: not valid YAML: ")
 
 
 def test_max_people_is_bounded(tmp_path: Path) -> None:
@@ -64,4 +79,4 @@ def test_max_people_is_bounded(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError) as err:
         load_cameras(tmp_path)
-    assert err.value.field == "cameras.0.max_people" and err.value.path is not None and err.value.path.endswith(":5")
+    assert (err.value.field, err.value.line) == ("cameras[0].max_people", 5)

@@ -9,6 +9,8 @@ from atmguard.detectors.config import CameraConfig, Thresholds
 from atmguard.detectors.pipeline import iter_facts, iter_results
 from tests.detectors.conftest import T0, footage
 
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
+
 
 def facts_of(name: str, **cfg: object) -> list[BehaviorFact]:
     config = CameraConfig(camera_id="cam-1", atm_id="atm-zhez-001", **cfg)  # type: ignore[arg-type]

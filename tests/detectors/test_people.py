@@ -23,6 +23,8 @@ from atmguard.detectors.pipeline import CameraPipeline, FrameResult, iter_result
 from atmguard.detectors.sources import Frame
 from tests.detectors.conftest import T0, footage
 
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
+
 TWO_MEN = "c_pexels3252428_phone_held_in_front_two_men.mp4"  # 640x360: man photographing on the left, another right
 PAIR = "b_intel_headpose_roll_pair.gif"  # 480x270: a woman on the left, a man on the right, both facing us
 # zones in source pixels: the lower part of each person's side (their hips are below the frame: the

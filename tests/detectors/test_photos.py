@@ -13,6 +13,8 @@ from atmguard.detectors.landmarks import LandmarkModels
 from atmguard.detectors.pipeline import CameraPipeline
 from tests.detectors.conftest import footage
 
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
+
 
 def photo(name: str) -> np.ndarray:
     img = cv2.imread(str(footage(name)))

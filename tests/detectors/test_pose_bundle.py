@@ -14,6 +14,8 @@ import pytest
 from atmguard.detectors import pose_bundle as pb
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
+
 
 @pytest.fixture(autouse=True)
 def fresh() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import statistics
 import threading
 
+import pytest
 from prometheus_client import REGISTRY
 
 from atmguard.core.contracts import BehaviorFact
 from atmguard.detectors.config import CameraConfig, Thresholds
 from atmguard.detectors.runner import run_cameras, split
 from tests.detectors.conftest import footage
+
+pytestmark = pytest.mark.slow  # MediaPipe models on real footage
 
 
 def sample(name: str, **labels: str) -> float:

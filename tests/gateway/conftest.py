@@ -9,34 +9,20 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from atmguard.core.contracts import Behavior
 from atmguard.core.settings import Settings
 from atmguard.gateway.auth import sign_headers
+from tests import factories
 from tests.conftest import REPO
+from tests.factories import HOLD_TRANSFER, RECENT, payload, write_rule_pack
 
-T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
-
-HOLD_RULE = """
-rule: coached-transfer
-version: 3
-severity: critical
-when:
-  all:
-    - event: on_phone
-      where: {duration_s: {gte: 60}}
-    - event: transfer
-      as: first
-      where: {amount: {gte: 300000}, payee_new: true}
-  within: 5m
-cooldown: 10m
-actions: {sms: [patrol], hold: true}
-message: "{atm_id}: on the phone {on_phone.duration_s:.0f}s, transfer {first.amount} to a new payee"
-"""
+T0 = RECENT
 
 
 def pg_url_base() -> str | None:
@@ -77,10 +63,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "coached.yaml").write_text(HOLD_RULE, encoding="utf-8")
-    return d
+    """A rules folder with the hold rule, in `rule_file(rules_dir, HOLD_TRANSFER)`."""
+    return write_rule_pack(tmp_path / "rules", HOLD_TRANSFER)
 
 
 @pytest.fixture
@@ -113,23 +97,17 @@ class RecordingPublisher:
 
 def bank_event(n: int | str, *, bank: str = "halyk", atm: str | None = "atm-zhez-001", amount: float = 1000,
                at: float = 0, **extra: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "type": "transfer", "id": f"trx-{n}", "bank_id": bank, "ts": (T0 + timedelta(seconds=at)).isoformat(),
-        "amount": amount, "currency": "KZT", "payee_new": True, "status": "initiated",
-    }
-    if atm:
-        data["atm_id"] = atm
-    data.update(extra)
-    return data
+    """The JSON a bank posts for transfer `trx-{n}`, `at` seconds after T0; `extra` replaces fields as sent."""
+    event = factories.bank_event(id=f"trx-{n}", bank_id=bank, atm_id=atm, amount=amount, ts=T0 + timedelta(seconds=at))
+    return payload(event, **extra)
 
 
-def fact(n: int | str, *, atm: str = "atm-zhez-001", behavior: str = "on_phone", duration: float = 90, at: float = 0,
+def fact(n: int | str, *, atm: str = "atm-zhez-001", behavior: Behavior = "on_phone", duration: float = 90, at: float = 0,
          **extra: Any) -> dict[str, Any]:
-    return {
-        "type": "behavior", "id": f"f-{n}", "atm_id": atm, "camera_id": "cam-1", "behavior": behavior,
-        "ts": (T0 + timedelta(seconds=at)).isoformat(), "started_at": T0.isoformat(), "duration_s": duration,
-        "confidence": 0.9, **extra,
-    }
+    """The JSON of behaviour fact `f-{n}`, begun at T0 and seen `at` seconds later."""
+    event = factories.fact(behavior, id=f"f-{n}", atm_id=atm, ts=T0 + timedelta(seconds=at), started_at=T0,
+                           duration_s=duration, **extra)
+    return payload(event)
 
 
 def signed(bank: str, key: str, payload: Any, *, now: float | None = None) -> tuple[bytes, dict[str, str]]:

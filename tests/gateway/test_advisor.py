@@ -11,7 +11,8 @@ import pytest
 
 from atmguard.core.contracts import BankEvent, parse_event
 from atmguard.gateway.advisor import HoldAdvisor, advisor_from_rules
-from tests.gateway.conftest import HOLD_RULE, bank_event, fact
+from tests.factories import HOLD_TRANSFER, rule_file, write_rule_pack
+from tests.gateway.conftest import bank_event, fact
 
 
 def transfer(n: int, amount: float, at: float, atm: str = "atm-zhez-001") -> BankEvent:
@@ -49,8 +50,8 @@ async def test_the_hold_advice_follows_a_rule_edit_and_a_broken_file_keeps_the_o
     advisor.on_event(parse_event(fact(1, duration=120)))
     assert advisor.advise_and_feed(transfer(1, 200_000, 10)).advice == "allow"  # below the 300000 threshold
 
-    path = rules_dir / "coached.yaml"
-    path.write_text(HOLD_RULE.replace("gte: 300000", "gte: 100000").replace("version: 3", "version: 4"))
+    path = rule_file(rules_dir, HOLD_TRANSFER)
+    path.write_text(HOLD_TRANSFER.replace("gte: 300000", "gte: 100000").replace("version: 3", "version: 4"))
     advisor.on_event(parse_event(fact(2, atm="atm-zhez-002", duration=120)))
     await eventually(lambda: advisor.advise(transfer(2, 200_000, 10, atm="atm-zhez-002")).advice == "hold", "v4")
     advice = advisor.advise_and_feed(transfer(2, 200_000, 10, atm="atm-zhez-002"))
@@ -69,15 +70,14 @@ def test_an_unchanged_pack_is_not_swapped_again(rules_dir: Path, monkeypatch: py
     assert advisor.engine is not None and advisor.watcher is not None
     swaps: list[object] = []
     monkeypatch.setattr(advisor.engine, "swap", swaps.append)
-    (rules_dir / "coached.yaml").write_text("# reworded comment\n" + HOLD_RULE)
+    rule_file(rules_dir, HOLD_TRANSFER).write_text("# reworded comment\n" + HOLD_TRANSFER)
     assert advisor.watcher.reload() is True and swaps == []
 
 
 def test_rules_that_appear_later_start_the_rule_engine(tmp_path: Path) -> None:
     advisor = advisor_from_rules(tmp_path / "rules")
     assert advisor.engine is None and advisor.watcher is not None
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "coached.yaml").write_text(HOLD_RULE)
+    write_rule_pack(tmp_path / "rules", HOLD_TRANSFER)
     assert advisor.watcher.reload() is True and advisor.engine is not None
     advisor.on_event(parse_event(fact(5, atm="atm-zhez-005", duration=120)))
     assert advisor.advise(transfer(5, 400_000, 10, atm="atm-zhez-005")).advice == "hold"

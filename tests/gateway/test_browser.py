@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from atmguard.core.contracts import Intervention
 from atmguard.core.settings import Settings
 from atmguard.gateway.api.app import create_app
 from atmguard.gateway.users import add_user
 from atmguard.kafka.publisher import EventPublisher
+from tests import factories
 from tests.conftest import REPO
-from tests.gateway.conftest import T0, fact, serve
+from tests.gateway.conftest import T0, serve
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -60,11 +60,11 @@ async def test_dispatcher_sees_a_new_intervention_live_acknowledges_and_closes_i
             assert await page.locator("#cases tbody tr").count() == 0
 
             # the engine publishes an intervention; the console shows it without a reload
-            matched = [{"pattern": "on_phone", "event_id": "f-1", "event": fact(1, atm="atm-zhez-002", duration=95)}]
-            iv = Intervention.model_validate(
-                {"id": "iv-browser-1", "rule": "coached-transfer", "rule_version": 3, "severity": "critical", "mode": "enforce",
-                 "atm_id": "atm-zhez-002", "ts": T0.isoformat(), "evidence": ["f-1"], "actions": {"hold": True, "sms": ["patrol"]},
-                 "message": "atm-zhez-002: on the phone 95s, transfer 400000 to a new payee", "matched": matched}
+            phone = factories.fact(id="f-1", atm_id="atm-zhez-002", ts=T0, started_at=T0, duration_s=95)
+            iv = factories.intervention(
+                id="iv-browser-1", rule_version=3, atm_id="atm-zhez-002", ts=T0,
+                message="atm-zhez-002: on the phone 95s, transfer 400000 to a new payee",
+                matched=[factories.matched("on_phone", phone)],
             )
             await publisher.publish(iv)
             row = page.locator('#cases tbody tr[data-id="iv-browser-1"]')

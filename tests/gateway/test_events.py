@@ -11,12 +11,12 @@ from typing import Any
 import httpx
 import pytest
 
-from atmguard.core.contracts import Intervention, parse_event
-from atmguard.core.settings import Settings
+from atmguard.core.contracts import Actions, parse_event
+from atmguard.core.settings import GatewaySettings, Settings
 from atmguard.gateway.api.app import create_app
-from atmguard.gateway.config import GatewaySettings
 from atmguard.gateway.keys import BankKeys
-from tests.gateway.conftest import RecordingPublisher, bank_event, fact, signed
+from tests import factories
+from tests.gateway.conftest import T0, RecordingPublisher, bank_event, fact, signed
 
 
 @dataclass
@@ -225,10 +225,8 @@ async def test_small_transfer_while_on_phone_is_allowed(gw: Gw) -> None:
 
 async def test_hold_from_an_open_intervention_on_the_topic_until_closed(gw: Gw) -> None:
     advisor = gw.app.state.gateway.advisor
-    iv = Intervention.model_validate(
-        {"id": "iv-open-1", "rule": "r", "rule_version": 1, "severity": "high", "mode": "enforce", "atm_id": "atm-zhez-002",
-         "ts": bank_event(0)["ts"], "evidence": ["x"], "actions": {"hold": True}, "message": "coached caller at ATM"}
-    )
+    iv = factories.intervention(id="iv-open-1", rule="r", severity="high", atm_id="atm-zhez-002", ts=T0, evidence=["x"],
+                                actions=Actions(hold=True), message="coached caller at ATM")
     advisor.on_intervention(iv)
     r = await gw.post(bank_event(50, atm="atm-zhez-002"))
     assert r.json() == {"event_id": "trx-50", "status": "accepted", "advice": "hold",

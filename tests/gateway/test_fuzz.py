@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from atmguard.core.settings import Settings
+from atmguard.core.settings import GatewaySettings, Settings
 from atmguard.gateway.api.app import create_app
-from atmguard.gateway.config import GatewaySettings
 from tests.conftest import REPO
 from tests.gateway.conftest import RecordingPublisher, bank_event, signed
 

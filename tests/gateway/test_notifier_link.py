@@ -98,7 +98,7 @@ async def test_a_real_notifier_gets_its_webhooks_and_ack_api_served_by_the_gatew
 
 
 async def test_snapshots_are_served_to_logged_in_users_only_and_never_outside_their_folder(settings: Settings) -> None:
-    from atmguard.gateway.config import GatewaySettings
+    from atmguard.core.settings import GatewaySettings
 
     camera_dir = settings.data_dir.parent / "camera-snapshots"
     app = create_app(settings, publisher=RecordingPublisher(), config=GatewaySettings(snapshot_dirs=[camera_dir]))

@@ -3,35 +3,31 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from atmguard.core.contracts import Intervention
+from atmguard.core.contracts import Intervention, Severity
 from atmguard.gateway.casebook import CaseBook, CaseError
 from atmguard.gateway.labels import export_labels
 from atmguard.store.cases import AuditEntry
 from atmguard.store.db import make_engine, make_sessionmaker, migrate
+from tests import factories
 
 TS = datetime(2026, 2, 14, 5, 2, tzinfo=UTC)
 
 
-def intervention(n: int = 1, *, severity: str = "critical", atm: str = "atm-zhez-001") -> Intervention:
-    return Intervention.model_validate(
-        {
-            "id": f"iv-{n:04d}", "rule": "coached-transfer", "rule_version": 2, "severity": severity, "mode": "enforce",
-            "atm_id": atm, "ts": TS.isoformat(), "evidence": ["f-1", "trx-1"], "actions": {"sms": ["patrol"], "hold": True},
-            "message": "on the phone 95s, transfer 400000 KZT to a new payee", "key": atm,
-            "matched": [
-                {"pattern": "on_phone", "event_id": "f-1", "event": {"type": "behavior", "id": "f-1", "behavior": "on_phone",
-                 "atm_id": atm, "camera_id": "cam-1", "ts": "2026-02-14T05:01:30+00:00", "duration_s": 95, "confidence": 0.9,
-                 "snapshot": "atm-zhez-001/f-1.jpg"}},
-                {"pattern": "first", "event_id": "trx-1", "event": {"type": "transfer", "id": "trx-1", "bank_id": "halyk",
-                 "atm_id": atm, "ts": "2026-02-14T05:02:00+00:00", "amount": 400000, "currency": "KZT", "status": "initiated"}},
-            ],
-        }
+def intervention(n: int = 1, *, severity: Severity = "critical", atm: str = "atm-zhez-001") -> Intervention:
+    """Case `iv-{n:04d}`: 95 s on the phone with a snapshot, then a 400 000 KZT transfer (the same evidence each time)."""
+    phone = factories.fact(id="f-1", atm_id=atm, ts=TS - timedelta(seconds=30), duration_s=95,
+                           snapshot="atm-zhez-001/f-1.jpg")
+    money = factories.bank_event(id="trx-1", atm_id=atm, ts=TS, amount=400000)
+    return factories.intervention(
+        id=f"iv-{n:04d}", rule_version=2, severity=severity, atm_id=atm, ts=TS, key=atm,
+        message="on the phone 95s, transfer 400000 KZT to a new payee",
+        matched=[factories.matched("on_phone", phone), factories.matched("first", money)],
     )
 
 
@@ -46,8 +42,9 @@ def book(db_url: str) -> CaseBook:
 
 
 def test_a_case_from_firing_to_closing(book: CaseBook) -> None:
-    context = [{"type": "behavior", "id": "f-0", "behavior": "looking_around", "atm_id": "atm-zhez-001", "camera_id": "cam-1",
-                "ts": "2026-02-14T05:01:00+00:00", "count": 4, "duration_s": 20, "confidence": 0.8}]
+    glances = factories.fact("looking_around", id="f-0", ts=TS - timedelta(seconds=60), duration_s=20, count=4,
+                             confidence=0.8)
+    context = [factories.payload(glances)]
     assert book.record(intervention(), context) is True
     assert book.record(intervention(), context) is False  # idempotent by id
     listed = book.list_cases(state="active")

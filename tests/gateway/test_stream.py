@@ -15,11 +15,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from atmguard.core.contracts import Intervention, parse_event
+from atmguard.core.contracts import Actions, parse_event
 from atmguard.core.settings import Settings
 from atmguard.gateway.api.app import create_app
 from atmguard.gateway.auth import verify
 from atmguard.kafka.publisher import EventPublisher
+from tests import factories
 from tests.gateway.conftest import T0, bank_event, fact, serve, signed
 
 pytestmark = pytest.mark.slow
@@ -100,12 +101,10 @@ async def test_broker_down_gives_503_and_nothing_accepted_is_lost(stack: Stack, 
 
 async def test_interventions_on_the_topic_become_cases_and_advise_hold(stack: Stack, settings: Settings) -> None:
     # the facts the cameras sent, then the engine's intervention, arrive through the topics
-    await stack.publisher.publish(parse_event(fact(1, atm="atm-zhez-003", duration=100, at=0)))
-    iv = Intervention.model_validate(
-        {"id": "iv-topic-1", "rule": "coached-transfer", "rule_version": 3, "severity": "critical", "mode": "enforce",
-         "atm_id": "atm-zhez-003", "ts": T0.isoformat(), "evidence": ["f-1"], "actions": {"hold": True, "sms": ["patrol"]},
-         "message": "on the phone 100s at ATM", "matched": [{"pattern": "on_phone", "event_id": "f-1", "event": fact(1, atm="atm-zhez-003", duration=100)}]}
-    )
+    phone = parse_event(fact(1, atm="atm-zhez-003", duration=100, at=0))
+    await stack.publisher.publish(phone)
+    iv = factories.intervention(id="iv-topic-1", rule_version=3, atm_id="atm-zhez-003", ts=T0,
+                                message="on the phone 100s at ATM", matched=[factories.matched("on_phone", phone)])
     await stack.publisher.publish(iv)
     cases = stack.app.state.gateway.cases
     for _ in range(100):
@@ -143,11 +142,8 @@ async def test_banks_get_signed_webhooks_when_an_intervention_opens_and_closes(s
     async with serve(receiver) as url:
         gw.keys.set_webhook("halyk", f"{url}/hook")
         assert (await stack.post(bank_event(400, atm="atm-zhez-005", amount=1000))).status_code == 202
-        iv = Intervention.model_validate(
-            {"id": "iv-hook-1", "rule": "coached-transfer", "rule_version": 3, "severity": "critical", "mode": "enforce",
-             "atm_id": "atm-zhez-005", "ts": T0.isoformat(), "evidence": ["f-9"], "actions": {"hold": True},
-             "message": "coached caller"}
-        )
+        iv = factories.intervention(id="iv-hook-1", rule_version=3, atm_id="atm-zhez-005", ts=T0, evidence=["f-9"],
+                                    actions=Actions(hold=True), message="coached caller")
         await stack.publisher.publish(iv)
         for _ in range(100):
             if len(received) >= 2:
@@ -174,7 +170,7 @@ async def test_banks_get_signed_webhooks_when_an_intervention_opens_and_closes(s
 async def test_bank_events_other_producers_published_reach_the_advisor(settings: Settings, broker: Any) -> None:
     """Another gateway accepted the big transfer; this one learns it from the bank topic (read
     every `bank_follow_s`) and advises hold once the caller on the phone completes the rule."""
-    from atmguard.gateway.config import GatewaySettings
+    from atmguard.core.settings import GatewaySettings
 
     publisher = EventPublisher(broker.bootstrap, settings, timeout=2.0)
     await publisher.start(strict=True)

@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from atmguard.apps.twilio_sink import TwilioSink
-from atmguard.core.contracts import Actions, Intervention, MatchedEvent, intervention_id
+from atmguard.core.contracts import Actions, Intervention, Mode, Severity
 from atmguard.core.settings import Settings
 from atmguard.notifier.api import include_notifier
 from atmguard.notifier.clock import ManualClock
@@ -27,6 +27,7 @@ from atmguard.notifier.config import DeploymentConfig, load_deployment, parse_de
 from atmguard.notifier.db import migrate_notifier
 from atmguard.notifier.service import NotifierService
 from atmguard.notifier.views import InterventionStatus
+from tests import factories
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -49,30 +50,22 @@ def make_iv(
     *,
     atm_id: str = "atm-zhez-001",
     ts: datetime = DAY,
-    mode: str = "enforce",
-    severity: str = "critical",
+    mode: Mode = "enforce",
+    severity: Severity = "critical",
     sms: tuple[str, ...] = ("patrol",),
     radio: tuple[str, ...] = (),
     webhook: tuple[str, ...] = (),
 ) -> Intervention:
     """An intervention like the Zhezkazgan case: 4 min 10 s on the phone, 7 glances, 400 000 KZT."""
-    evidence = [f"fact-{n}", f"trx-{n}"]
-    return Intervention(
-        id=intervention_id("phone-coached-transfer", 1, atm_id, evidence),
-        rule="phone-coached-transfer",
-        rule_version=1,
-        severity=severity,  # type: ignore[arg-type]
-        mode=mode,  # type: ignore[arg-type]
-        atm_id=atm_id,
-        ts=ts,
-        evidence=evidence,
+    phone = factories.fact(id=f"fact-{n}", atm_id=atm_id, ts=ts, duration_s=250)
+    glances = factories.fact("looking_around", id=f"glance-{n}", atm_id=atm_id, ts=ts, duration_s=250, count=7)
+    money = factories.bank_event(id=f"trx-{n}", atm_id=atm_id, ts=ts, amount=400000)
+    return factories.intervention(
+        rule="phone-coached-transfer", severity=severity, mode=mode, atm_id=atm_id, ts=ts,
+        evidence=[phone.id, money.id],  # the glances explain the firing but are not its evidence
         actions=Actions(sms=list(sms), radio=list(radio), webhook=list(webhook)),
-        message="Transfer to a new payee while on the phone.",
-        matched=[
-            MatchedEvent(pattern="on_phone", event_id=evidence[0], event={"type": "behavior", "behavior": "on_phone", "duration_s": 250}),
-            MatchedEvent(pattern="glances", event_id=f"glance-{n}", event={"type": "behavior", "behavior": "looking_around", "count": 7}),
-            MatchedEvent(pattern="transfer", event_id=evidence[1], event={"type": "transfer", "amount": 400000, "currency": "KZT"}),
-        ],
+        matched=[factories.matched("on_phone", phone), factories.matched("glances", glances),
+                 factories.matched("transfer", money)],
     )
 
 

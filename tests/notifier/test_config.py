@@ -86,3 +86,20 @@ def test_escalation_must_name_known_groups(tmp_path: Path):
 def test_missing_file_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="no deployment config"):
         load_deployment(tmp_path)
+
+
+def test_a_value_below_its_key_and_a_missing_field_are_placed_at_the_key():
+    base = (CONFIGS / "deployment.yaml").read_text(encoding="utf-8")
+    block = "people:\n  ofc-zz:\n    name: Z\n    phone:\n      \"8 701 555 01 03\"\n"
+    err = _error(base.replace("people:\n", block, 1))
+    # the line of `phone:`, where a dispatcher looks; the message names no column
+    assert (err.line, err.column, err.field) == (_line_of(base, "people:") + 3, None, "people.ofc-zz.phone")
+    err = _error(base.replace("people:\n", "people:\n  ofc-zz:\n    name: Z\n", 1))
+    assert (err.line, err.field) == (_line_of(base, "people:") + 1, "people.ofc-zz.phone")  # at `ofc-zz:`
+    assert str(err) == f"configs/deployment.yaml:{err.line}: people.ofc-zz.phone: Field required"
+
+
+def test_bad_yaml_names_its_line():
+    err = _error("atms: [\n")
+    assert (err.path, err.line, err.column) == ("configs/deployment.yaml", 2, None)
+    assert str(err).startswith("configs/deployment.yaml:2: not valid YAML: ")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from atmguard.core.errors import RuleSetError
+from atmguard.core.errors import Position, RuleSetError
 from atmguard.rules import RuleSet, load_rules
 from atmguard.rules.loader import load_rule_text
 from atmguard.rules.schema import Group, Pattern
@@ -215,6 +215,16 @@ def test_each_error_names_line_column_and_what_is_wrong(members: str, expected: 
 def test_rule_level_errors(text: str, expected: str):
     errors = errors_of(text)
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_each_error_carries_its_place_in_the_file_and_the_document():
+    text = "- rule: r\n  version: 1\n  severity: low\n  when: {all: [{event: transfer, where: {amount: {greater: 1}}}]}\n"
+    with pytest.raises(RuleSetError) as info:
+        load_rule_text(text, "r.yaml")
+    [err] = info.value.errors
+    # the key path is data for tools; the printed form stays path:line:col: message
+    assert err.position == Position("r.yaml", 4, 51, "[0].when.all[0].where.amount.greater")
+    assert str(err).startswith("r.yaml:4:51: unknown operator 'greater'; write `gt`")
 
 
 def test_all_errors_of_a_file_at_once_in_line_order():

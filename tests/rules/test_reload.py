@@ -12,18 +12,9 @@ import pytest
 from atmguard.core.errors import RuleError, RuleSetError
 from atmguard.rules.reload import RulePackWatcher, load_pack
 from atmguard.rules.ruleset import RuleSet
+from tests.factories import LONG_CALL, write_rule_pack
 
-RULE = """\
-rule: long-call
-version: 1
-severity: high
-when:
-  all:
-    - event: on_phone
-      where: {duration_s: {gte: 60}}
-actions: {sms: [patrol]}
-message: "{atm_id}: on the phone"
-"""
+RULE = LONG_CALL
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
@@ -58,10 +49,7 @@ class Installs:
 
 @pytest.fixture
 def rules(tmp_path: Path) -> Path:
-    folder = tmp_path / "rules"
-    folder.mkdir()
-    (folder / "long-call.yaml").write_text(RULE, encoding="utf-8")
-    return folder
+    return write_rule_pack(tmp_path / "rules", RULE)
 
 
 def watcher_for(folder: Path, installs: Installs) -> RulePackWatcher:
@@ -88,8 +76,7 @@ def test_load_pack_is_none_without_rule_files_and_raises_with_positions(tmp_path
     assert load_pack(tmp_path / "missing") is None
     (tmp_path / "only.test.yaml").write_text("cases: []\n", encoding="utf-8")  # rule tests are not rules
     assert load_pack(tmp_path) is None
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "long-call.yaml").write_text(RULE, encoding="utf-8")
+    write_rule_pack(tmp_path / "sub", RULE)
     pack = load_pack(tmp_path)
     assert pack is not None and [r.rule for r in pack.rules] == ["long-call"]  # found recursively
     (tmp_path / "sub" / "broken.yaml").write_text("rule: [not, valid\n", encoding="utf-8")

@@ -4,47 +4,19 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import yaml
 
-from atmguard.core.contracts import BankEvent, BehaviorFact, intervention_id
+from atmguard.core.contracts import BankEvent, Behavior, BehaviorFact, intervention_id
 from atmguard.rules.runtime import KeyState, RuleEngine
 from atmguard.rules.schema import Rule
+from tests import factories
+from tests.factories import COACHED_TRANSFER, T0
 
-T0 = datetime(2026, 2, 10, 10, 0, tzinfo=UTC)
-
-COACHED = """
-rule: coached-transfer
-version: 1
-description: Long phone call and nervous glances at the ATM while a large transfer to a new payee is made.
-severity: critical
-mode: enforce
-when:
-  all:
-    - event: on_phone
-      where:
-        duration_s: {gte: 60}
-        confidence: {gte: 0.6}
-    - event: looking_around
-      where: {count: {gte: 3}}
-    - event: transfer
-      as: first_transfer
-      where:
-        amount: {gte: 300000}
-        currency: KZT
-        payee_new: true
-  within: 5m
-  by: atm_id
-cooldown: 10m
-actions:
-  sms: [patrol]
-  radio: [dispatch]
-  hold: true
-message: "{atm_id}: on the phone {on_phone.duration_s:.0f}s, looked around {looking_around.count} times, transfer {first_transfer.amount} {first_transfer.currency} to a new payee"
-"""
+COACHED = COACHED_TRANSFER
 
 SECOND = """
 rule: second-larger-transfer
@@ -86,26 +58,24 @@ def engine(*texts: str, **kw: Any) -> RuleEngine:
 _ids = itertools.count()
 
 
-def fact(behavior: str, at: float, *, atm: str = "ATM-1", duration: float | None = None, id: str | None = None,
+def fact(behavior: Behavior, at: float, *, atm: str = "ATM-1", duration: float | None = None, id: str | None = None,
          camera: str = "cam-1", track: str | None = "t1", **extra: Any) -> BehaviorFact:
-    return BehaviorFact(
-        id=id or f"{behavior}-{next(_ids)}", atm_id=atm, camera_id=camera, behavior=behavior,
-        ts=T0 + timedelta(seconds=at), started_at=T0, duration_s=at if duration is None else duration,
-        confidence=extra.pop("confidence", 0.9), track_id=track, **extra,
+    """A fact `at` seconds after T0 of a behaviour that began at T0 (so by default it lasted `at` seconds)."""
+    return factories.fact(
+        behavior, id=id or f"{behavior}-{next(_ids)}", atm_id=atm, camera_id=camera, ts=T0 + timedelta(seconds=at),
+        started_at=T0, duration_s=at if duration is None else duration, track_id=track, **extra,
     )
 
 
-def transfer(at: float, amount: float, *, atm: str | None = "ATM-1", id: str | None = None, **extra: Any) -> BankEvent:
-    data: dict[str, Any] = dict(
-        type="transfer", id=id or f"trx-{next(_ids)}", bank_id="bank-1", atm_id=atm, ts=T0 + timedelta(seconds=at),
-        amount=amount, currency="KZT", payee_new=True, status="initiated",
-    )
-    data.update(extra)
-    return BankEvent(**data)
+def transfer(at: float, amount: float, *, atm: str | None = "ATM-1", id: str | None = None, bank_id: str = "bank-1",
+             **extra: Any) -> BankEvent:
+    """A transfer to a new payee `at` seconds after T0."""
+    return factories.bank_event(id=id or f"trx-{next(_ids)}", bank_id=bank_id, atm_id=atm, ts=T0 + timedelta(seconds=at),
+                                amount=amount, **extra)
 
 
 def fired(eng: RuleEngine, *events: Any) -> list[tuple[str, str]]:
-    out = []
+    out: list[tuple[str, str]] = []
     for ev in events:
         out.extend((iv.rule, iv.atm_id) for iv in eng.feed(ev))
     return out
@@ -268,8 +238,8 @@ message: "{atm_id}: long call ({on_phone.duration_s:.0f}s), {looking_around.coun
     eng.feed(transfer(50, 1000, atm="A2"))
     assert fired(eng, fact("looking_around", 60, atm="A2", count=3), fact("on_phone", 320, atm="A2")) == []
     # a withdrawal long before the window does not block
-    eng.feed(BankEvent(type="withdrawal", id="w1", bank_id="b", atm_id="A3", ts=T0, amount=5, currency="KZT",
-                       status="completed"))
+    eng.feed(factories.bank_event("withdrawal", id="w1", bank_id="b", atm_id="A3", ts=T0, amount=5, payee_new=None,
+                                  status="completed"))
     assert fired(eng, fact("looking_around", 900, atm="A3", count=3), fact("on_phone", 910, duration=400, atm="A3")) == [
         ("long-call-no-money", "A3")
     ]

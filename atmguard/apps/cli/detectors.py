@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
         pub = None
         if broker_url:
             try:
-                pub = BrokerSink(broker_url)
+                pub = BrokerSink(broker_url, settings=settings)
             except RuntimeError as exc:
                 _fail(str(exc))
         printer = StdoutSink(jsonl=True) if jsonl else (StdoutSink(jsonl=False) if pub is None else None)

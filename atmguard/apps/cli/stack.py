@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import typer
@@ -28,11 +27,11 @@ def register(app: typer.Typer) -> None:
         from atmguard.apps.up import apply_overrides, configure_logging, run_up
 
         configure_logging(verbose)
-        if "ATMGUARD_PUBLIC_URL" not in os.environ:  # console links and Twilio callbacks: this port
-            os.environ["ATMGUARD_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}"
         settings = apply_overrides(
             data_dir=data_dir, broker=broker, rules_dir=rules, config_dir=config, http_port=http_port
         )
+        if "public_url" not in settings.model_fields_set:  # console links and Twilio callbacks: this port
+            settings = settings.model_copy(update={"public_url": f"http://127.0.0.1:{http_port}"})
         code = asyncio.run(
             run_up(settings, host=host, http_port=http_port, data_dir=settings.data_dir, broker_url=settings.broker)
         )

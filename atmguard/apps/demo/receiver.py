@@ -83,10 +83,10 @@ class CadReceiver:
 class _Handler(BaseHTTPRequestHandler):
     owner: CadReceiver
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return None
 
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         status = self.owner.take(self.path.strip("/"), self.headers, body)
         self.send_response(status)

@@ -29,6 +29,7 @@ from typing import Any
 
 from atmguard.apps.demo.watch import DemoWatcher, Timeline
 from atmguard.core.contracts import BankEvent, BehaviorFact, Intervention, read_events
+from atmguard.core.settings import Settings
 
 log = logging.getLogger("atmguard.demo")
 
@@ -141,7 +142,7 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False, det
     from atmguard.apps.demo.detect import DEMO_CLIP, DetectorRun, detect_clip, footage_dir
     from atmguard.apps.demo.receiver import CadReceiver
     from atmguard.apps.publish import restamp
-    from atmguard.apps.up import apply_overrides, build_api, start_stack, stop_stack
+    from atmguard.apps.up import build_api, start_stack, stop_stack
     from atmguard.engine.faust_app import EngineOptions, load_ruleset
 
     rules_dir = scenario / "rules" if (scenario / "rules").is_dir() else REPO / "rules"
@@ -173,11 +174,11 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False, det
     saved_env = {name: os.environ.get(name) for name in demo_cfg.secret_envs}
     os.environ.update(demo_cfg.secret_envs)  # per-run secrets, in this process only
 
-    os.environ.pop("ATMGUARD_BROKER", None)  # the demo always runs its own embedded broker
     http_port = free_port()
-    # Twilio status callbacks and console links point at this demo's own bank API / console
-    os.environ["ATMGUARD_PUBLIC_URL"] = f"http://127.0.0.1:{http_port}"
-    settings = apply_overrides(data_dir=data_dir, rules_dir=rules_dir, config_dir=demo_cfg.config_dir)
+    # the demo always runs its own embedded broker (broker=None), and Twilio status callbacks and
+    # console links point at this demo's own bank API / console
+    settings = Settings(data_dir=data_dir, rules_dir=rules_dir, config_dir=demo_cfg.config_dir, broker=None,
+                        public_url=f"http://127.0.0.1:{http_port}")
     timeline = Timeline(delta=delta, tz=recorded[0].ts.tzinfo)
     n_rules = len(getattr(load_ruleset(rules_dir), "rules", []) or [])
 

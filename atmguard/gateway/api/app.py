@@ -25,12 +25,11 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from atmguard import __version__
 from atmguard.core import runtime_policy
-from atmguard.core.settings import Settings
+from atmguard.core.settings import GatewaySettings, Settings
 from atmguard.gateway.advisor import HoldAdvisor, advisor_from_rules
 from atmguard.gateway.api.state import GatewayState, Notifier, Publisher
 from atmguard.gateway.atms import load_atms
 from atmguard.gateway.casebook import CaseBook
-from atmguard.gateway.config import GatewaySettings
 from atmguard.gateway.follower import Recorder, TopicFollower
 from atmguard.gateway.keys import BankKeys
 from atmguard.gateway.live import LiveFeed
@@ -75,7 +74,7 @@ def create_app(
     bootstrap: broker `host:port`; when given, the app follows the facts, bank and interventions
                topics (advisor state, case recorder, bank webhooks).
     """
-    cfg = config or GatewaySettings()
+    cfg = config or settings.gateway
     url = database_url or settings.resolved_database_url()
     migrate(url)
     engine = make_engine(url)
@@ -209,7 +208,7 @@ class GatewayApp(FastAPI):
             scope["app"] = self  # what Request.app (and so the handler's state) reads
             try:
                 response = await post_events(Request(scope, receive))
-            except Exception:
+            except Exception:  # a bug must answer 500 in the API's own shape, not drop the connection
                 log.exception("bank API request failed")
                 response = JSONResponse({"error": "internal error; the event was not accepted", "field": None}, status_code=500)
             await response(scope, receive, send)

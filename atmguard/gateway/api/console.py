@@ -7,7 +7,6 @@ are signed cookies; every POST carries the session's CSRF token (form field or X
 from __future__ import annotations
 
 import contextlib
-import importlib
 import secrets
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,17 @@ from fastapi.responses import (
 )
 from fastapi.templating import Jinja2Templates
 
+from atmguard.gateway.api.deps import GatewayDep, UserDep
 from atmguard.gateway.api.state import GatewayState
 from atmguard.gateway.casebook import CaseError
 from atmguard.gateway.follower import notice
 from atmguard.gateway.users import authenticate
+from atmguard.rules import load_rules
 from atmguard.store.cases import OUTCOMES
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
 ACTORS = ("dispatcher", "supervisor")
-
-
-def _gw(request: Request) -> GatewayState:
-    return request.app.state.gateway  # type: ignore[no-any-return]
 
 
 def _csrf(request: Request) -> str:
@@ -45,11 +42,6 @@ def _csrf(request: Request) -> str:
         token = secrets.token_urlsafe(32)
         request.session["csrf"] = token
     return str(token)
-
-
-def _user(request: Request) -> dict[str, str] | None:
-    name = request.session.get("user")
-    return {"name": name, "role": request.session.get("role", "")} if name else None
 
 
 async def _csrf_ok(request: Request, form: Any = None) -> bool:
@@ -68,7 +60,7 @@ async def login_page(request: Request, next: str = "/console") -> Response:
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
+async def login(request: Request, gw: GatewayDep) -> Response:
     form = await request.form()
     target = str(form.get("next") or "/console")
     if not target.startswith("/console"):
@@ -78,7 +70,6 @@ async def login(request: Request) -> Response:
             request, "login.html", {"csrf": _csrf(request), "next": target, "error": "Session expired; try again."}, status_code=403
         )
     name, password = str(form.get("name", "")), str(form.get("password", ""))
-    gw = _gw(request)
     user = authenticate(gw.sessions, name, password) if name and password else None
     if user is None:
         gw.cases.audit(name[:200] or "?", "user.login_failed", None, {})
@@ -92,22 +83,19 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, gw: GatewayDep, user: UserDep) -> Response:
     form = await request.form()
-    user = _user(request)
     if user and await _csrf_ok(request, form):
-        _gw(request).cases.audit(user["name"], "user.logout", None, {})
+        gw.cases.audit(user["name"], "user.logout", None, {})
         request.session.clear()
     return RedirectResponse("/console/login", status_code=303)
 
 
 @router.get("", response_class=HTMLResponse)
 @router.get("/", response_class=HTMLResponse)
-async def console_page(request: Request) -> Response:
-    user = _user(request)
+async def console_page(request: Request, gw: GatewayDep, user: UserDep) -> Response:
     if user is None:
         return _login_redirect(request)
-    gw = _gw(request)
     districts = sorted({a.district for a in gw.cases.atms.values()})
     return templates.TemplateResponse(
         request,
@@ -118,21 +106,18 @@ async def console_page(request: Request) -> Response:
 
 
 @router.get("/rules", response_class=HTMLResponse)
-async def rules_page(request: Request) -> Response:
-    user = _user(request)
+async def rules_page(request: Request, gw: GatewayDep, user: UserDep) -> Response:
     if user is None:
         return _login_redirect(request)
-    gw = _gw(request)
     counts = gw.cases.firing_counts()
     rules: list[dict[str, Any]] = []
     error = None
     try:
-        load_rules = importlib.import_module("atmguard.rules").load_rules
         for r in load_rules([gw.settings.rules_dir]).rules:
             c = counts.pop((r.rule, r.version), {})
             rules.append({"rule": r.rule, "version": r.version, "severity": r.severity, "mode": r.mode,
                           "enabled": r.enabled, "hold": r.actions.hold, "description": r.description, "current": True, **c})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the page shows why the rule pack could not be read
         error = str(exc)
     for (rule, version), c in sorted(counts.items()):
         rules.append({"rule": rule, "version": version, "current": False, **c})
@@ -142,26 +127,26 @@ async def rules_page(request: Request) -> Response:
 
 
 @router.get("/api/cases")
-async def list_cases(request: Request, state: str | None = "active", district: str | None = None) -> Response:
-    if _user(request) is None:
+async def list_cases(request: Request, gw: GatewayDep, user: UserDep, state: str | None = "active",
+                     district: str | None = None) -> Response:
+    if user is None:
         return JSONResponse({"error": "log in first", "field": None}, status_code=401)
     state = state if state in ("active", "open", "acknowledged", "closed") else None
-    return JSONResponse(_gw(request).cases.list_cases(state=state, district=district or None))
+    return JSONResponse(gw.cases.list_cases(state=state, district=district or None))
 
 
 @router.get("/api/cases/{iv_id}")
-async def case_detail(request: Request, iv_id: str) -> Response:
-    if _user(request) is None:
+async def case_detail(request: Request, iv_id: str, gw: GatewayDep, user: UserDep) -> Response:
+    if user is None:
         return JSONResponse({"error": "log in first", "field": None}, status_code=401)
-    detail = _gw(request).cases.detail(iv_id)
+    detail = gw.cases.detail(iv_id)
     if detail is None:
         return JSONResponse({"error": f"no intervention {iv_id!r}", "field": None}, status_code=404)
     return JSONResponse(detail)
 
 
 @router.post("/api/cases/{iv_id}/{action}")
-async def case_action(request: Request, iv_id: str, action: str) -> Response:
-    user = _user(request)
+async def case_action(request: Request, iv_id: str, action: str, gw: GatewayDep, user: UserDep) -> Response:
     if user is None:
         return JSONResponse({"error": "log in first", "field": None}, status_code=401)
     if not await _csrf_ok(request):
@@ -170,11 +155,10 @@ async def case_action(request: Request, iv_id: str, action: str) -> Response:
         return JSONResponse({"error": f"role {user['role']} cannot change cases", "field": None}, status_code=403)
     try:
         data = await request.json()
-    except Exception:
+    except ValueError:  # not JSON (or not UTF-8): treated as an empty form
         data = {}
     if not isinstance(data, dict):
         data = {}
-    gw = _gw(request)
     by = user["name"]
     try:
         if action == "ack":
@@ -190,7 +174,7 @@ async def case_action(request: Request, iv_id: str, action: str) -> Response:
         elif action == "close":
             result = gw.cases.close(iv_id, str(data.get("outcome", "")), by, str(data.get("note") or "") or None)
             gw.advisor.on_closed(iv_id, result.get("atm_id"))
-            _tell_banks_closed(request, result)
+            _tell_banks_closed(request, gw, result)
         else:
             return JSONResponse({"error": f"unknown action {action!r}", "field": "action"}, status_code=404)
     except CaseError as exc:
@@ -198,8 +182,7 @@ async def case_action(request: Request, iv_id: str, action: str) -> Response:
     return JSONResponse(result)
 
 
-def _tell_banks_closed(request: Request, summary: dict[str, Any]) -> None:
-    gw = _gw(request)
+def _tell_banks_closed(request: Request, gw: GatewayState, summary: dict[str, Any]) -> None:
     webhooks = request.app.state.webhooks
     told = {e["details"].get("bank_id") for e in gw.cases.audit_log(summary["id"]) if e["action"] == "bank.webhook"}
     banks = {b for b in told if b}
@@ -208,19 +191,18 @@ def _tell_banks_closed(request: Request, summary: dict[str, Any]) -> None:
 
 
 @router.get("/events")
-async def events(request: Request) -> Response:
-    if _user(request) is None:
+async def events(request: Request, gw: GatewayDep, user: UserDep) -> Response:
+    if user is None:
         return JSONResponse({"error": "log in first", "field": None}, status_code=401)
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_gw(request).cases.live.stream(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(gw.cases.live.stream(), media_type="text/event-stream", headers=headers)
 
 
 @router.get("/snapshot")
-async def snapshot(request: Request, ref: str = "") -> Response:
+async def snapshot(request: Request, gw: GatewayDep, user: UserDep, ref: str = "") -> Response:
     """A snapshot JPEG named by a fact's `snapshot` reference, if it lies in a snapshot folder."""
-    if _user(request) is None:
+    if user is None:
         return JSONResponse({"error": "log in first", "field": None}, status_code=401)
-    gw = _gw(request)
     roots = [Path(d).resolve() for d in (gw.config.snapshot_dirs or [gw.settings.data_dir / "snapshots"])]
     for root in roots:
         path = (root / ref).resolve()  # an absolute reference stays absolute

@@ -184,7 +184,7 @@ def _parse(raw: bytes, max_batch: int) -> tuple[list[BankEvent], bool] | JSONRes
         except EventError as exc:
             field = exc.field or "type"
             return _error(422, exc.message, f"{where}.{field}" if where else field)
-        except Exception as exc:  # anything pydantic did not foresee is still the client's input
+        except Exception as exc:  # noqa: BLE001 - anything pydantic did not foresee is still the client's input: 422, never 500
             return _error(422, f"invalid bank event: {exc}", where or None)
         if not isinstance(event, BankEvent):
             return _error(422, "type must be transfer, withdrawal or deposit", f"{where}.type" if where else "type")

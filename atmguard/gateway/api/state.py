@@ -9,10 +9,9 @@ from typing import Any, Protocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from atmguard.core.contracts import BankEvent
-from atmguard.core.settings import Settings
+from atmguard.core.settings import GatewaySettings, Settings
 from atmguard.gateway.advisor import Advice, HoldAdvisor
 from atmguard.gateway.casebook import CaseBook
-from atmguard.gateway.config import GatewaySettings
 from atmguard.gateway.follower import Recorder
 from atmguard.gateway.keys import BankKeys
 from atmguard.gateway.ratelimit import RateLimiter
