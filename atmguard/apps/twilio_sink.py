@@ -144,12 +144,7 @@ class TwilioSink:
 
     def start(self) -> TwilioSink:
         """Listen (port 0 = a free port) and serve in a daemon thread."""
-        sink = self
-
-        class Handler(_Handler):
-            owner = sink
-
-        self._server = ThreadedServer(self.host, self.port, Handler, "twilio-sink")
+        self._server = ThreadedServer(self.host, self.port, _Handler, "twilio-sink", owner=self)
         self.port = self._server.port
         return self
 

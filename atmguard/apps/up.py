@@ -3,9 +3,9 @@
     embedded Tansu broker (unless --broker) ─ engine worker (Faust) ─ notifier ─ gateway + console
                                                                        └─ /metrics, /healthz
 
-Started in that order and stopped in reverse on Ctrl-C/SIGTERM within seconds. Parts that are
-not installed or not configured (no deployment config, no gateway module) are skipped with a
-log line saying so; the engine always runs.
+Started in that order and stopped in reverse on Ctrl-C/SIGTERM within seconds. A part that is
+not configured (no deployment config: no notifier) is skipped with a log line saying so; the
+engine always runs.
 """
 
 from __future__ import annotations
@@ -94,10 +94,8 @@ def start_local_twilio(settings: Settings) -> Any:
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
     if (settings.twilio_account_sid and token) or settings.twilio_base_url:
         return None
-    try:
-        from atmguard.apps.twilio_sink import TwilioSink
-    except ImportError:
-        return None
+    from atmguard.apps.twilio_sink import TwilioSink
+
     sink = TwilioSink(auto_status=True).start()
     settings.twilio_base_url = sink.base_url  # the settings object every part of this stack was given
     log.info("no Twilio credentials configured: SMS and radio calls go to a local Twilio-compatible server at %s",
@@ -107,12 +105,9 @@ def start_local_twilio(settings: Settings) -> Any:
 
 async def start_notifier(settings: Settings, bootstrap: str) -> Any:
     """The notifier consuming the interventions topic, or None if it or its config is missing."""
-    try:
-        from atmguard.notifier.config import load_deployment
-        from atmguard.notifier.service import NotifierService
-    except ImportError as exc:
-        log.warning("notifier not available (%s): interventions stay on the topic", exc)
-        return None
+    from atmguard.notifier.config import load_deployment
+    from atmguard.notifier.service import NotifierService
+
     try:
         config = load_deployment(settings.config_dir)
     except Exception as exc:  # noqa: BLE001 - a bad config must say where, and not stop the engine
@@ -124,27 +119,14 @@ async def start_notifier(settings: Settings, bootstrap: str) -> Any:
 
 
 def build_api(stack: Stack) -> FastAPI:
-    """One FastAPI app: the gateway (bank API, console, /twilio) when present, plus /metrics and /healthz."""
-    api: FastAPI | None = None
-    try:
-        from atmguard.gateway.api.app import create_app
-    except ImportError as exc:
-        log.warning("gateway not available (%s): serving /metrics only", exc)
-    else:
-        api = create_app(stack.settings, publisher=stack.publisher, notifier=stack.notifier, bootstrap=stack.bootstrap)
-    if api is None:
-        api = FastAPI(title="atmguard")
-        if stack.notifier is not None:
-            from atmguard.notifier.api import include_notifier  # an optional part, as in start_notifier
+    """One FastAPI app: the gateway (bank API, console, /twilio), plus /metrics and /healthz."""
+    from atmguard.gateway.api.app import create_app
 
-            include_notifier(api, stack.notifier, ack_api=False)  # as before: only Twilio's webhooks
-    paths = {getattr(r, "path", None) for r in api.routes}
+    api = create_app(stack.settings, publisher=stack.publisher, notifier=stack.notifier, bootstrap=stack.bootstrap)
 
-    if "/metrics" not in paths:
-
-        @api.get("/metrics", include_in_schema=False)
-        async def metrics() -> Response:
-            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    @api.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/healthz/engine", include_in_schema=False)
     async def engine_health() -> JSONResponse:

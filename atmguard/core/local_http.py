@@ -7,9 +7,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ThreadedServer:
-    """Serve `handler` on host:port (0 = a free port) until `stop()`."""
+    """Serve `handler` on host:port (0 = a free port) until `stop()`.
 
-    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler], name: str) -> None:
+    `owner`: the object the handler answers for, set as its class attribute `owner` (on a
+    subclass made here), since http.server makes one handler instance per request.
+    """
+
+    def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler], name: str, *,
+                 owner: object = None) -> None:
+        if owner is not None:
+            handler = type(handler.__name__, (handler,), {"owner": owner})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.port: int = self.server.server_address[1]

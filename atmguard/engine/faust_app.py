@@ -38,11 +38,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import faust
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from atmguard.core import runtime_policy
 from atmguard.core.contracts import Intervention
@@ -50,7 +51,7 @@ from atmguard.core.settings import EngineSettings
 from atmguard.engine.core import BatchOutcome, EngineCore
 from atmguard.engine.metrics import TopicMetrics, engine_metrics
 from atmguard.engine.records import Firing, StoredJSON
-from atmguard.engine.rulebook import RuleEngineLike, longest_window_s, make_rule_engine
+from atmguard.engine.rulebook import RuleEngineLike
 from atmguard.kafka.compat import EngineHooks, abort_app_producer, app_producer, cancel_commits
 from atmguard.kafka.compat import FaustApp as FaustApp  # re-exported: the engine's app is imported from here
 from atmguard.rules.reload import RulePackWatcher
@@ -62,30 +63,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANGELOG_BATCH",
-    "FETCH_MAX_WAIT_MS",
     "Engine",
     "EngineFenced",
     "EngineOptions",
     "FaustApp",
-    "RuleEngineLike",
     "app_id_for",
-    "intervention_from_record",
     "load_ruleset",
-    "longest_window_s",
-    "make_rule_engine",
 ]
 
 log = logging.getLogger("atmguard.engine")
 
-
-# --- Faust latency patch ---------------------------------------------------------------------
-# The app runs on the transport of atmguard/kafka/compat.py, the one module that patches Faust
-# and aiokafka internals (each patch checked against the versions it was written for). The
-# engine hands it an EngineHooks: among them the consumer's fetch wait. Faust 0.15.3 hardcodes
-# 1,500 ms and Tansu holds a fetch for about half of that even when data waits, which made
-# send-to-agent p50 ~380 ms; at 10 ms the cost is ~5% of a core idle for worker and broker.
-
-FETCH_MAX_WAIT_MS = 10
 
 CHANGELOG_BATCH = 500
 """Queued state records that make a batch flush them at once (else the 20 ms timer does)."""
@@ -101,39 +88,41 @@ _HW_SENTINEL = json.dumps("~hw").encode()
 # --- Options ------------------------------------------------------------------------------------
 
 
-@dataclass
-class EngineOptions:
-    """How one engine worker runs; the defaults are the tuned values from ../shared/NOTES.md."""
+class EngineOptions(EngineSettings):
+    """How one engine worker runs: the ATMGUARD_ENGINE_* tuning (defaults and bounds from
+    core/settings.py, the tuned values of docs/operations.md) plus where its rules and data are.
+
+    Built from explicit values only (a test or the demo says exactly how its worker runs);
+    `from_env` is the one that reads the environment. Among the tuning: `fetch_max_wait_ms`,
+    because Faust 0.15.3 hardcodes a 1,500 ms fetch wait and Tansu holds a fetch for about half
+    of that even when data waits (send-to-agent p50 ~380 ms; at 10 ms the cost is ~5% of a core
+    idle for worker and broker), applied by kafka/compat.py; and `fetch_pacing` 1, because 4,
+    the default of other consumers, made the next fetch wait ~4 x 7 ms and was most of the
+    intervention p99.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid")
 
     rules_dir: Path = Path("rules")
     data_dir: Path = Path(".atmguard")
-    app_id: str = "atmguard-engine"
-    dedupe_ttl_s: float = 600.0
-    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
-    session_timeout_s: float = 3.0
-    heartbeat_s: float = 0.5
-    commit_interval_s: float = 0.2
-    watch_rules: bool = True
-    reload_debounce_ms: int = 300
-    sweep_interval_s: float = 5.0
-    batch_max: int = 500
-    batch_within_ms: float = 5.0
-    fetch_pacing: float = 1.0
-    """Pacing ratio of the input consumer (kafka/pacing.py): 4, the default of other consumers, made the
-    next fetch wait ~4 x 7 ms (the broker holds each fetch ~5 ms) and was most of the intervention p99."""
-    epoch_check_s: float = 0.5
-    """How often a worker checks whether the broker lost its data (restarted in-memory broker)."""
-    commit_timeout_s: float = 10.0
-    """An offset commit not done by then is given up (its records are delivered again)."""
-    stop_timeout_s: float = 15.0
-    """A Faust app not stopped by then is abandoned (its consumer thread is ended)."""
-    extra_conf: dict[str, Any] = field(default_factory=dict)
+    extra_conf: dict[str, Any] = Field(default_factory=dict)
+    """More Faust app settings, passed as they are."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)  # explicit values only: the environment is read by `from_env`
 
     @classmethod
     def from_env(cls, **values: Any) -> EngineOptions:
         """Options tuned by the ATMGUARD_ENGINE_* settings (core/settings.py), overridden by `values`."""
-        tuned = EngineSettings().model_dump()
-        return cls(**{**{k: v for k, v in tuned.items() if k in cls.__dataclass_fields__}, **values})
+        return cls(**{**EngineSettings().model_dump(), **values})
 
 
 # --- The engine -------------------------------------------------------------------------------
@@ -249,27 +238,10 @@ class Engine:
         )
         self._load_initial_rules()
 
-    # what the core decides, read by the worker, the stack and the tests
-
-    @property
-    def ruleset(self) -> RuleSet | None:
-        return self.core.ruleset
-
     @property
     def rule_engine(self) -> RuleEngineLike:
+        """The core's rule engine (the worker closes it when the app is replaced)."""
         return self.core.rule_engine
-
-    @property
-    def ttl_s(self) -> float:
-        return self.core.ttl_s
-
-    @property
-    def processed(self) -> int:
-        return self.core.processed
-
-    @property
-    def published(self) -> int:
-        return self.core.published
 
     # -- fencing ---------------------------------------------------------------------------------
 
@@ -326,10 +298,6 @@ class Engine:
         elif change == "swapped" and ruleset is not None:
             self.metrics.rules_loaded.set(len(ruleset.rules))
 
-    def reload_rules(self) -> bool:
-        """Validate and compile the rules folder; swap atomically, or keep the old rules and say why."""
-        return self.rules.reload()
-
     async def _watch_rules(self) -> None:
         if self.options.watch_rules:
             await self.rules.run()
@@ -373,10 +341,6 @@ class Engine:
             # the agent stops (worker stop, Faust restarting it): a publication still running
             # behind it is interrupted as a batch would be (fenced; a fresh app replays it)
             self._interrupt_publications()
-
-    async def handle(self, message: Any, raw: bytes) -> None:
-        """Process one record (a batch of one)."""
-        await self._process([(message, raw)])
 
     async def handle_batch(self, events: Sequence[Any]) -> None:
         """Process the Faust events of one agent step (none once fenced: they come again)."""
@@ -618,7 +582,3 @@ class Engine:
                 if high is not None:
                     self.metrics.consumer_lag.labels(topic, str(partition)).set(max(0, high - position))
 
-
-def intervention_from_record(raw: bytes | str) -> Intervention:
-    """An Intervention from its topic value."""
-    return Intervention.model_validate(json.loads(raw))

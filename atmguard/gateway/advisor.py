@@ -184,7 +184,7 @@ def advisor_from_rules(rules_dir: Path | str, hold_ttl_s: float = 1800.0) -> Hol
     pack = watcher.first_load("invalid rules, the hold advisor runs without them")
     if pack is not None:
         try:
-            advisor.engine = RuleEngine(pack)
+            advisor.use_rules(pack)
         except Exception as exc:  # noqa: BLE001 - the gateway answers banks without rules too
             log.warning("hold advisor rules do not compile (%s)", exc)
             watcher.digest = None  # nothing runs: the same pack, once it compiles, is a change

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import inspect
 import logging
@@ -137,8 +138,14 @@ def installed_version(package: str) -> str:
         return "not installed"
 
 
+@functools.cache
 def check_versions() -> None:
-    """Refuse to go on (CompatError) unless Faust and aiokafka are the releases the patches expect."""
+    """Refuse to go on (CompatError) unless Faust and aiokafka are the releases the patches expect.
+
+    Done once per process (reading the libraries' sources takes ~0.1 s, and every Faust app,
+    publisher and follower asks): the installed packages do not change under a running process.
+    A failed check is not remembered (functools.cache keeps no exception), so it fails again.
+    """
     for package, expected in WRITTEN_FOR.items():
         found = installed_version(package)
         if found != expected:

@@ -9,8 +9,8 @@ URL and the sorted form fields); a bad or missing one gets 403 and changes nothi
 `ack_router` -> the acknowledgement API, mounted without prefix:
   POST /v1/interventions/{id}/ack  {"by": "...", "via": "console"}
   GET  /v1/interventions/{id}/notifications
-guarded by `require_api_token` (`Authorization: Bearer $ATMGUARD_NOTIFIER_API_TOKEN`; an app
-may swap it through `app.dependency_overrides`).
+guarded by `require_api_token` (`Authorization: Bearer $ATMGUARD_NOTIFIER_API_TOKEN`, read when
+the routers are mounted; an app may swap the guard through `app.dependency_overrides`).
 
 `include_notifier(app, service)` mounts both and puts the service on `app.state.notifier`,
 where `get_notifier` (the `NotifierDep` of every endpoint) finds it.
@@ -23,7 +23,7 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from starlette.concurrency import run_in_threadpool
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
@@ -54,6 +54,8 @@ def include_notifier(app: FastAPI, service: NotifierService, *, ack_api: bool = 
     app.state.notifier = service
     app.include_router(twilio_router, prefix="/twilio")
     if ack_api:
+        # Read once here, not per request: a running process's environment does not change.
+        app.state.notifier_api_token = NotifierSettings().api_token
         app.include_router(ack_router)
 
 
@@ -122,9 +124,9 @@ class AckResponse(BaseModel):
     state: str
 
 
-def require_api_token(authorization: Annotated[str | None, Header()] = None) -> None:
-    """Guard of the ack API: a bearer token from ATMGUARD_NOTIFIER_API_TOKEN."""
-    configured = NotifierSettings().api_token  # read per request: rotating the token needs no restart
+def require_api_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Guard of the ack API: a bearer token from ATMGUARD_NOTIFIER_API_TOKEN (no token set: all refused)."""
+    configured: SecretStr | None = getattr(request.app.state, "notifier_api_token", None)
     token = configured.get_secret_value() if configured is not None else None
     given = (authorization or "").removeprefix("Bearer ").strip()
     if not token or not given or not hmac.compare_digest(token, given):

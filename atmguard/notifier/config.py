@@ -33,12 +33,6 @@ CONFIG_FILE = "deployment.yaml"
 class DeploymentConfigError(ConfigError):
     """A deployment config problem at `path`, `line`, in the key path `field` (messages name no column)."""
 
-    def __init__(self, message: str, path: str | None = None, field: str | None = None,
-                 line: int | None = None, *, position: Position | None = None) -> None:
-        if position is None:
-            position = Position(path, line, key_path=field)
-        super().__init__(message, position=position)
-
 
 def e164(value: Any) -> str:
     """Validate one phone number as E.164 (`+` and country code, no spaces)."""
@@ -301,7 +295,7 @@ def parse_deployment(text: str, source: str = "<deployment>") -> DeploymentConfi
     """Parse and validate deployment YAML text; errors name `source`, the line and the field."""
     data = yamlpos.load_yaml(text, source, error=DeploymentConfigError, column=False)
     if not isinstance(data, dict):
-        raise DeploymentConfigError("expected a mapping with atms, people, groups, ...", path=source, line=1)
+        raise DeploymentConfigError("expected a mapping with atms, people, groups, ...", position=Position(source, 1))
     try:
         cfg = DeploymentConfig.model_validate(_plain(data))
     except ValidationError as exc:

@@ -23,7 +23,7 @@ from watchfiles import awatch
 from watchfiles.main import FileChange
 
 from atmguard.core.errors import RuleSetError
-from atmguard.rules.ruleset import RuleSet, load_rules, rule_files
+from atmguard.rules.ruleset import RuleSet, load_rules
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,10 @@ Install = Callable[[RuleSet | None], None]
 
 def load_pack(rules_dir: Path) -> RuleSet | None:
     """The rule pack in `rules_dir` (RuleSetError if invalid), or None when it holds no rule files."""
-    if not rules_dir.exists() or not rule_files([rules_dir]):
-        return None
-    return load_rules([rules_dir])
+    if not rules_dir.exists():
+        return None  # load_rules would report the missing folder as an error
+    pack = load_rules([rules_dir])  # one scan of the folder: `files` are the rule files it found
+    return pack if pack.files else None
 
 
 def error_lines(exc: Exception) -> list[str]:

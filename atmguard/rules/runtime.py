@@ -613,10 +613,10 @@ class RuleEngine:
             kstate.seen[event.id] = t
             if old is not None:
                 self._remove(group, kstate, old)  # a newer update supersedes the older one
-        live = self._new_live(group, event, t, key, slot, name, shard_i)
-        if commit:
-            assert kstate is not None
+            live = self._new_live(group, event, t, key, slot, name, shard_i)
             self._add(state, kstate, live)
+        else:
+            live = self._new_live(group, event, t, key, slot, name, shard_i)
         try:
             fired = self._assert(group, live)
             return self._candidates(group, fired, live.iid, key) if fired else None

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import cv2
 import numpy as np
+import pytest
 
 from atmguard.detectors.config import CameraConfig, Gating
 from atmguard.detectors.gating import MotionGate
@@ -29,6 +30,7 @@ def frames_of(name: str, n: int, step: int = 1) -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.slow  # the pipeline runs the MediaPipe models on the frames the gate lets through
 def test_empty_scene_is_gated_and_a_walker_wakes_the_models() -> None:
     # the standing-table clip opens on an empty room for about 7 s (10 fps); someone walks in after
     frames = frames_of("d_intel_standing_table_rear_overhead.mp4", 60, step=2)  # 0..12 s at 5 fps

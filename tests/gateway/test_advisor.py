@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,21 +13,13 @@ from atmguard.core.contracts import BankEvent, parse_event
 from atmguard.gateway.advisor import HoldAdvisor, advisor_from_rules
 from tests.factories import HOLD_TRANSFER, rule_file, write_rule_pack
 from tests.gateway.conftest import bank_event, fact
+from tests.rules.langkit import eventually
 
 
 def transfer(n: int, amount: float, at: float, atm: str = "atm-zhez-001") -> BankEvent:
     ev = parse_event(bank_event(n, amount=amount, at=at, atm=atm))
     assert isinstance(ev, BankEvent)
     return ev
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Wait until `check()` holds; fail after a generous bound (watch events are asynchronous)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

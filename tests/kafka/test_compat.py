@@ -65,9 +65,26 @@ async def _inline(fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any)
 # --- the start-up check ---------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def fresh_check() -> Iterator[None]:
+    """The check runs once per process: each test here checks afresh (and leaves no result behind)."""
+    compat.check_versions.cache_clear()
+    yield
+    compat.check_versions.cache_clear()
+
+
 def test_the_installed_releases_are_the_ones_the_patches_were_written_for() -> None:
     compat.check_versions()
     assert compat.WRITTEN_FOR == {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+def test_the_check_reads_the_libraries_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    compat.check_versions()
+    monkeypatch.setattr(compat.importlib.metadata, "version", lambda name: "0.0.0")
+    compat.check_versions()  # remembered: a second Faust app or publisher does not read the sources again
+    compat.check_versions.cache_clear()
+    with pytest.raises(CompatError):
+        compat.check_versions()
 
 
 def test_another_aiokafka_release_stops_start_up_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -117,6 +117,8 @@ async def test_ack_replies_that_do_not_ack(harness: Harness, sink):
 
 async def test_ack_api_needs_a_token(harness: Harness, sink, monkeypatch):
     monkeypatch.setenv("ATMGUARD_NOTIFIER_API_TOKEN", "s3cret-token")
+    await harness.stop()  # the token is read when the app is mounted: restart with it set
+    await harness.start()
     iv = make_iv(sms=("dispatch",))
     await harness.svc.handle(iv)
     url = f"{harness.public_url}/v1/interventions/{iv.id}/ack"

@@ -1,8 +1,10 @@
-"""Helpers for the rule-language tests: run the real `atmguard` CLI, write rule files."""
+"""Helpers for the rule-language tests: run the real `atmguard` CLI, write rule files, wait for a reload."""
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -25,3 +27,12 @@ def write(folder: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait until `check()` holds; fail after a generous bound (watch events are asynchronous)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,17 +13,9 @@ from atmguard.core.errors import RuleError, RuleSetError
 from atmguard.rules.reload import RulePackWatcher, load_pack
 from atmguard.rules.ruleset import RuleSet
 from tests.factories import LONG_CALL, write_rule_pack
+from tests.rules.langkit import eventually
 
 RULE = LONG_CALL
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    """Wait until `check()` holds; fail after a generous bound (watch events are asynchronous)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 class Installs:

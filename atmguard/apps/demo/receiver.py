@@ -44,12 +44,7 @@ class CadReceiver:
         return f"http://{self.host}:{self.port}/{name}"
 
     def start(self) -> CadReceiver:
-        receiver = self
-
-        class Handler(_Handler):
-            owner = receiver
-
-        self._server = ThreadedServer(self.host, self.port, Handler, "demo-cad")
+        self._server = ThreadedServer(self.host, self.port, _Handler, "demo-cad", owner=self)
         self.port = self._server.port
         return self
 

@@ -208,7 +208,7 @@ async def run_demo(scenario: Path, data_dir: Path, *, verbose: bool = False, det
             keys = _bank_keys(settings, {e.bank_id for e in events if isinstance(e, BankEvent)})
             bank = BankClient(f"http://127.0.0.1:{port}", keys)
             print(f"  bank      events signed and POSTed to the bank API http://127.0.0.1:{port}/v1/events")
-        except Exception as exc:  # noqa: BLE001 - without the gateway the demo publishes bank events directly
+        except Exception as exc:  # noqa: BLE001 - if the bank API cannot start (database, port), the demo publishes bank events directly
             log.warning("bank API unavailable (%s)", exc)
             print("  bank      bank API not available: bank events published straight to the bank topic")
         detected: list[BehaviorFact] = []
